@@ -1,0 +1,78 @@
+"""What is built and where: the engine pin, the patch series, the installed llama_cpp and the
+CPU features its build uses."""
+from __future__ import annotations
+
+import ctypes
+import json
+import re
+from pathlib import Path
+
+from . import engine
+
+
+def loaded_library_dir() -> Path | None:
+    """Directory of the libllama/libggml that `import llama_cpp` loads."""
+    try:
+        import llama_cpp
+    except Exception:  # noqa: BLE001 - any import failure means "not usable"
+        return None
+    return Path(llama_cpp.__file__).parent / "lib"
+
+
+def ggml_type_name(type_id: int) -> str | None:
+    """ggml_type_name() of the library the bindings load: proves which ggml this is."""
+    libdir = loaded_library_dir()
+    if libdir is None:
+        return None
+    candidates = sorted(libdir.glob("libggml-base.*"))
+    if not candidates:
+        return None
+    lib = ctypes.CDLL(str(candidates[0]))
+    lib.ggml_type_name.restype = ctypes.c_char_p
+    lib.ggml_type_name.argtypes = [ctypes.c_int]
+    lib.ggml_blck_size.restype = ctypes.c_int64
+    lib.ggml_blck_size.argtypes = [ctypes.c_int]
+    if lib.ggml_blck_size(type_id) == 0:
+        return None
+    name = lib.ggml_type_name(type_id)
+    return name.decode() if name else None
+
+
+def cpu_features() -> dict[str, bool]:
+    """CPU features compiled into the loaded build, as llama.cpp reports them."""
+    try:
+        import llama_cpp
+        info = llama_cpp.llama_print_system_info().decode()
+    except Exception:  # noqa: BLE001
+        return {}
+    feats = {}
+    for name, value in re.findall(r"([A-Z0-9_]+) = (\d)", info):
+        feats[name] = value == "1"
+    return feats
+
+
+def report() -> dict:
+    pin = engine.read_pin()
+    out: dict = {
+        "pin": {"package": pin.package, "version": pin.version, "sha256": pin.sha256,
+                "llama_cpp_commit": pin.llama_cpp_commit, "llama_cpp_build": pin.llama_cpp_build},
+        "patch_series": [p.name for p in engine.series()],
+        "series_hash": engine.series_hash()[:12],
+        "source_tree": str(pin.llama_cpp_dir) if pin.llama_cpp_dir.exists() else None,
+        "builds": {},
+    }
+    for flavor in engine.FLAVORS:
+        stamp = engine.stamp_path(flavor)
+        if stamp.exists():
+            info = json.loads(stamp.read_text())
+            key = engine.build_key(pin, flavor)
+            out["builds"][flavor] = {"key": info["key"], "current": info["key"] == key,
+                                     "tools": str(engine.tools_dir(flavor))}
+    installed = engine.installed_version()
+    out["llama_cpp_python"] = installed
+    out["llama_cpp_lib"] = str(loaded_library_dir()) if installed else None
+    out["i2_s_known"] = ggml_type_name(36) == "i2_s" if installed else False
+    feats = cpu_features()
+    out["cpu_features"] = {k: feats.get(k, False) for k in
+                           ("AVX", "AVX2", "FMA", "F16C", "AVX512", "AVX512_VNNI", "AVX_VNNI", "NEON", "DOTPROD")}
+    return out

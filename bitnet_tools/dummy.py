@@ -1,0 +1,175 @@
+"""Dummy BitNet b1.58 models of standard shapes, with random ternary weights.
+
+Speed does not depend on weight values, so these serve benchmarks and the no-network demo.
+Every tensor is produced in row chunks, so even a 100B-shape file is written without holding
+it in memory. The architecture is BitNet b1.58 2B-4T's (`bitnet-b1.58`: squared-ReLU FFN,
+sub-norms, GQA, tied embeddings).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import gguf
+from gguf.constants import GGMLQuantizationType as T
+
+from .quants import i2_s
+from .writer import EMBEDDING_TYPES, TERNARY_TYPES, PendingTensor, encode, write_gguf
+
+ARCH = "bitnet-b1.58"
+
+
+@dataclass(frozen=True)
+class Shape:
+    n_embd: int
+    n_layer: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    n_vocab: int
+
+
+SHAPES = {
+    "tiny": Shape(256, 2, 768, 4, 2, 512),      # the demo: small enough to build in a second
+    "125m": Shape(768, 12, 2048, 12, 12, 32000),
+    "700m": Shape(1536, 24, 4096, 16, 16, 32000),
+    "1.5b": Shape(2048, 24, 5632, 16, 16, 32000),
+    "2b4t": Shape(2560, 30, 6912, 20, 5, 128256),  # microsoft/BitNet-b1.58-2B-4T
+    "3b": Shape(3200, 26, 8640, 32, 32, 32000),    # 1bitLLM/bitnet_b1_58-3B
+    "8b": Shape(4096, 32, 14336, 32, 8, 128256),   # Llama3-8B-1.58
+    "13b": Shape(5120, 40, 13824, 40, 40, 32000),
+    "30b": Shape(6656, 60, 17920, 52, 52, 32000),
+    "70b": Shape(8192, 80, 28672, 64, 8, 32000),
+    "100b": Shape(8192, 112, 28672, 64, 8, 128256),
+}
+
+CHUNK = 1 << 22  # elements generated at a time
+WEIGHT_SCALE = 0.02
+
+
+def n_params(shape: Shape) -> int:
+    head = shape.n_embd // shape.n_head
+    kv = head * shape.n_head_kv
+    per_layer = 2 * shape.n_embd * shape.n_embd + 2 * shape.n_embd * kv + 3 * shape.n_embd * shape.n_ff
+    return shape.n_layer * per_layer + shape.n_vocab * shape.n_embd
+
+
+def _row_chunks(rows: int, cols: int) -> Iterator[int]:
+    per = max(1, CHUNK // cols)
+    for r0 in range(0, rows, per):
+        yield min(per, rows - r0)
+
+
+def _ternary(rng: np.random.Generator, rows: int, cols: int, qtype: T) -> Callable[[], Iterator[np.ndarray]]:
+    def produce():
+        for n in _row_chunks(rows, cols):
+            q = rng.integers(-1, 2, size=(n, cols), dtype=np.int8)
+            if qtype == T.I2_S:
+                yield i2_s.pack_codes(q)
+            else:
+                yield encode(q.astype(np.float32) * np.float32(WEIGHT_SCALE), qtype)
+        if qtype == T.I2_S:
+            yield i2_s.tail(WEIGHT_SCALE)
+    return produce
+
+
+def _q6_k_random(rng: np.random.Generator, rows: int, cols: int) -> Iterator[np.ndarray]:
+    """Random but valid Q6_K blocks (gguf-py has no numpy Q6_K quantizer): random 6-bit
+    codes and sub-scales, a small fp16 super-scale."""
+    d = np.frombuffer(np.float16(1e-4).tobytes(), dtype=np.uint8)
+    for n in _row_chunks(rows, cols):
+        nb = n * cols // 256
+        blocks = rng.integers(0, 256, size=(nb, 210), dtype=np.uint8)
+        blocks[:, 192:208] = rng.integers(1, 32, size=(nb, 16), dtype=np.uint8)  # int8 scales > 0
+        blocks[:, 208:210] = d
+        yield blocks.reshape(-1)
+
+
+def _embedding(rng: np.random.Generator, rows: int, cols: int, qtype: T) -> Callable[[], Iterator[np.ndarray]]:
+    def produce():
+        if qtype == T.Q6_K:
+            yield from _q6_k_random(rng, rows, cols)
+            return
+        for n in _row_chunks(rows, cols):
+            yield encode(rng.standard_normal((n, cols), dtype=np.float32) * np.float32(0.02), qtype)
+    return produce
+
+
+def _ones(n: int) -> Callable[[], np.ndarray]:
+    return lambda: np.ones(n, dtype=np.float32)
+
+
+def vocab(n_vocab: int) -> tuple[list[bytes], list[float], list[int]]:
+    """A SentencePiece-style vocabulary: <unk> <s> </s>, the 256 byte tokens, then filler words."""
+    tokens = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{i:02X}>".encode() for i in range(256)]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256
+    letters = "etaoinshrdlucmfwypvbgkjqxz"
+    i = 0
+    while len(tokens) < n_vocab:
+        # "▁" marks a word start in SentencePiece vocabularies
+        word, k = "", i
+        while True:
+            word += letters[k % 26]
+            k //= 26
+            if k == 0:
+                break
+        tokens.append(("\u2581" + word).encode())
+        types.append(gguf.TokenType.NORMAL)
+        i += 1
+    scores = [0.0] * 3 + [0.0] * 256 + [-float(j) for j in range(len(tokens) - 259)]
+    return tokens[:n_vocab], scores[:n_vocab], [int(t) for t in types[:n_vocab]]
+
+
+def tensors(shape: Shape, qtype: T, embd_type: T, seed: int = 0) -> list[PendingTensor]:
+    rng = np.random.default_rng(seed)
+    e, f = shape.n_embd, shape.n_ff
+    kv = e // shape.n_head * shape.n_head_kv
+    out = [PendingTensor("token_embd.weight", (shape.n_vocab, e), embd_type, _embedding(rng, shape.n_vocab, e, embd_type))]
+    for i in range(shape.n_layer):
+        b = f"blk.{i}."
+        for name, n in (("attn_norm", e), ("attn_sub_norm", e), ("ffn_norm", e), ("ffn_sub_norm", f)):
+            out.append(PendingTensor(b + name + ".weight", (n,), T.F32, _ones(n)))
+        for name, rows, cols in (("attn_q", e, e), ("attn_k", kv, e), ("attn_v", kv, e), ("attn_output", e, e),
+                                 ("ffn_gate", f, e), ("ffn_up", f, e), ("ffn_down", e, f)):
+            out.append(PendingTensor(b + name + ".weight", (rows, cols), qtype, _ternary(rng, rows, cols, qtype)))
+    out.append(PendingTensor("output_norm.weight", (e,), T.F32, _ones(e)))
+    return out
+
+
+def write(path: Path, shape_name: str, qtype_name: str, embd_type_name: str = "q6_k", seed: int = 0,
+          progress: Callable[[str], None] | None = None) -> Path:
+    if shape_name not in SHAPES:
+        raise ValueError(f"unknown shape {shape_name!r}: choose one of {', '.join(SHAPES)}")
+    if qtype_name not in TERNARY_TYPES:
+        raise ValueError(f"unknown type {qtype_name!r}: choose one of {', '.join(TERNARY_TYPES)}")
+    if embd_type_name not in EMBEDDING_TYPES:
+        raise ValueError(f"unknown embedding type {embd_type_name!r}: choose one of {', '.join(EMBEDDING_TYPES)}")
+    shape, qtype, embd_type = SHAPES[shape_name], TERNARY_TYPES[qtype_name], EMBEDDING_TYPES[embd_type_name]
+    ts = tensors(shape, qtype, embd_type, seed)
+
+    def kv(w: gguf.GGUFWriter):
+        w.add_name(f"bitnet-dummy-{shape_name}")
+        w.add_file_type(int(gguf.LlamaFileType.MOSTLY_I2_S) if qtype == T.I2_S else 0)
+        w.add_context_length(4096)
+        w.add_embedding_length(shape.n_embd)
+        w.add_block_count(shape.n_layer)
+        w.add_feed_forward_length(shape.n_ff)
+        w.add_head_count(shape.n_head)
+        w.add_head_count_kv(shape.n_head_kv)
+        w.add_rope_dimension_count(shape.n_embd // shape.n_head)
+        w.add_rope_freq_base(500000.0)
+        w.add_layer_norm_rms_eps(1e-5)
+        w.add_vocab_size(shape.n_vocab)
+        tokens, scores, types = vocab(shape.n_vocab)
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_unk_token_id(0)
+        w.add_add_bos_token(True)
+
+    return write_gguf(path, ARCH, kv, ts, progress)

@@ -1,0 +1,97 @@
+"""I2_S: 2-bit ternary codes in bitnet.cpp's x86 layout with one float32 scale per tensor.
+
+Layout (see patches/files/ggml/src/ggml-bitnet.h): groups of 128 elements, 32 bytes each;
+element j of a group sits in byte j % 32 at bit shift 6 - 2 * (j // 32); codes 0/1/2 mean
+-1/0/+1; after the n/4 code bytes, a 32-byte tail holding the float32 scale.
+
+Mirrors quantize_row_i2_s_ref / dequantize_row_i2_s in ggml-bitnet.c bit for bit: sums are
+sequential in float64 (np.cumsum, like the C loop), the division x / s is float32, rounding is
+half-to-even (np.rint, like nearbyintf).
+"""
+from __future__ import annotations
+
+import numpy as np
+import gguf.quants
+from gguf.constants import GGMLQuantizationType
+
+QK = 128          # elements per group
+TAIL = 32         # bytes after the codes
+_SHIFTS = np.array([6, 4, 2, 0], dtype=np.uint8).reshape(1, 4, 1)
+
+_Quant = getattr(gguf.quants, "__Quant")
+
+
+def nbytes(n_elements: int) -> int:
+    """Bytes of an I2_S tensor of n elements (codes + tail), as ggml_nbytes computes it."""
+    return n_elements // 4 + TAIL
+
+
+def _sequential_sum(values: np.ndarray) -> float:
+    return float(np.cumsum(values, dtype=np.float64)[-1]) if values.size else 0.0
+
+
+def ternarize(x: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """float32 values -> (codes q in {-1, 0, 1} as int8, stored scale), as the C reference."""
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    ax = np.abs(x.astype(np.float64))
+    s = np.float32(_sequential_sum(ax) / x.size) if x.size else np.float32(0)
+    if s > 0:
+        q = np.clip(np.rint(x / s), -1, 1).astype(np.int8)
+    else:
+        q = np.zeros(x.size, dtype=np.int8)
+    nz = q != 0
+    n_nz = int(nz.sum())
+    scale = np.float32(_sequential_sum(np.where(nz, ax, 0.0)) / n_nz) if n_nz else np.float32(0)
+    return q, scale
+
+
+def pack_codes(q: np.ndarray) -> np.ndarray:
+    """Codes in {-1, 0, 1} (size a multiple of 128) -> the code bytes (no tail)."""
+    c = (q.reshape(-1, 4, 32).astype(np.int8) + 1).astype(np.uint8) << _SHIFTS
+    return (c[:, 0] | c[:, 1] | c[:, 2] | c[:, 3]).reshape(-1)
+
+
+def tail(scale: float) -> np.ndarray:
+    """The 32 bytes after the codes: the float32 scale, then zeros."""
+    t = np.zeros(TAIL, dtype=np.uint8)
+    t[:4] = np.frombuffer(np.float32(scale).tobytes(), dtype=np.uint8)
+    return t
+
+
+def pack(q: np.ndarray, scale: float) -> np.ndarray:
+    """Codes in {-1, 0, 1} and a scale -> the whole I2_S tensor's bytes."""
+    return np.concatenate([pack_codes(q), tail(scale)])
+
+
+def unpack(data: np.ndarray, n_elements: int) -> tuple[np.ndarray, np.float32]:
+    """I2_S bytes -> (codes in {-1, 0, 1} as int8, scale)."""
+    data = np.asarray(data, dtype=np.uint8).reshape(-1)
+    codes = data[: n_elements // 4].reshape(-1, 1, 32)
+    q = ((codes >> _SHIFTS) & 3).astype(np.int8).reshape(-1) - np.int8(1)
+    scale = data[n_elements // 4: n_elements // 4 + 4].view(np.float32)[0]
+    return q, scale
+
+
+class I2_S(_Quant, qtype=GGMLQuantizationType.I2_S):
+    """Whole-tensor quantizer: the scale is per tensor, so there are no independent blocks."""
+
+    @classmethod
+    def quantize(cls, data: np.ndarray) -> np.ndarray:
+        if data.shape[-1] % QK != 0:
+            raise ValueError(f"I2_S needs rows that are a multiple of {QK} wide, got {data.shape[-1]}")
+        q, scale = ternarize(data)
+        return pack(q, scale)
+
+    @classmethod
+    def dequantize(cls, data: np.ndarray, n_elements: int | None = None) -> np.ndarray:
+        n = (data.size - TAIL) * 4 if n_elements is None else n_elements
+        q, scale = unpack(data, n)
+        return q.astype(np.float32) * scale
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        raise NotImplementedError("I2_S has one scale per tensor: use I2_S.quantize on the whole tensor")
+
+    @classmethod
+    def dequantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        raise NotImplementedError("I2_S has one scale per tensor: use I2_S.dequantize on the whole tensor")
