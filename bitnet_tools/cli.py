@@ -87,5 +87,160 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
         raise typer.Exit(1)
 
 
+def _current_tools() -> Path:
+    pin = engine.read_pin()
+    key = engine.build_key(pin, "native")
+    if not engine.is_current(pin, "native", key, wheel=False):
+        fail("llama.cpp's tools are not built for this patch series: run 'bitnet setup --engine-only' first")
+    return engine.tools_dir("native")
+
+
+@app.command()
+def dummy(
+    shape: str = typer.Option("2b4t", "--shape", help="Model shape: tiny, 125m, 700m, 1.5b, 2b4t, 3b, 8b, 13b, 30b, 70b, 100b."),
+    qtype: str = typer.Option("i2_s", "-q", "--quant", help="Ternary weight type: i2_s, tq1_0, tq2_0, f16, bf16, f32."),
+    embd_type: str = typer.Option("q6_k", "--embd-type", help="Token embedding type: q6_k, q8_0, f16, f32, q4_0."),
+    out: Path = typer.Option(..., "-o", "--outfile", help="Output GGUF path."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Write a BitNet b1.58 model of a standard shape with random ternary weights (streams to disk)."""
+    from rich.progress import Progress
+    from . import dummy as dummy_mod
+
+    if shape not in dummy_mod.SHAPES:
+        fail(f"unknown shape {shape!r}: choose one of {', '.join(dummy_mod.SHAPES)}")
+    n_tensors = 2 + 11 * dummy_mod.SHAPES[shape].n_layer
+    try:
+        with Progress(console=err, transient=True) as progress:
+            task = progress.add_task(f"writing {out.name}", total=n_tensors)
+            dummy_mod.write(out, shape, qtype, embd_type, seed, progress=lambda name: progress.advance(task))
+    except (ValueError, OSError) as e:
+        if _debug:
+            raise
+        fail(f"{e}")
+    console.print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, ~{dummy_mod.n_params(dummy_mod.SHAPES[shape]) / 1e9:.2f} B parameters)")
+
+
+@app.command()
+def info(model: Path = typer.Argument(..., help="A GGUF file.")):
+    """Architecture, tensor types, bits per weight and size of a GGUF model."""
+    import gguf
+    import numpy as np
+    from .runtime import ModelError, check_model_file
+    from .writer import tensor_nbytes
+
+    try:
+        check_model_file(model)
+        reader = gguf.GGUFReader(model)
+    except (ModelError, ValueError) as e:
+        if _debug:
+            raise
+        fail(f"{e}")
+    field = reader.fields.get("general.architecture")
+    arch = bytes(field.parts[field.data[0]]).decode() if field else "?"
+    counts: dict[str, list[int]] = {}
+    total_bytes = total_params = 0
+    for t in reader.tensors:
+        n = int(np.prod(t.shape))
+        size = tensor_nbytes(tuple(int(x) for x in t.shape[::-1]), t.tensor_type)
+        c = counts.setdefault(t.tensor_type.name, [0, 0, 0])
+        c[0] += 1; c[1] += n; c[2] += size
+        total_bytes += size
+        total_params += n
+    table = Table(title=f"{model.name}: {arch}, {len(reader.tensors)} tensors")
+    for col in ("type", "tensors", "parameters", "MiB", "bpw"):
+        table.add_column(col, justify="right" if col != "type" else "left")
+    for name, (k, n, size) in sorted(counts.items(), key=lambda kv: -kv[1][1]):
+        table.add_row(name, str(k), f"{n:,}", f"{size / 2**20:.1f}", f"{8 * size / n:.3f}")
+    table.add_row("total", str(len(reader.tensors)), f"{total_params:,}", f"{total_bytes / 2**20:.1f}",
+                  f"{8 * total_bytes / total_params:.3f}", style="bold")
+    console.print(table)
+
+
+@app.command()
+def bench(
+    threads: str = typer.Option(None, "-t", "--threads", help="Thread counts: 2, 1,2 or 1-4 (default: physical cores)."),
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="Benchmark this GGUF instead of dummy models."),
+    shape: str = typer.Option("2b4t", "--shape", help="Dummy model shape when no --model is given."),
+    types: str = typer.Option("i2_s,tq2_0,tq1_0,f16", "--types", help="Weight types to compare (ours and stock)."),
+    n_prompt: int = typer.Option(512, "-p", "--n-prompt", help="Prompt tokens per pp test (whole batches)."),
+    n_gen: int = typer.Option(128, "-n", "--n-gen", help="Generated tokens per tg test."),
+    reps: int = typer.Option(5, "-r", "--repetitions", help="Repetitions (mean ± sd; warm-up excluded)."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="llama-bench of an unpatched stock build: "
+                                            "stock types are also run through it."),
+    watts_per_core: float = typer.Option(7.0, "--watts-per-core", help="Per-core power for the energy estimate "
+                                         "when RAPL counters are not readable."),
+    outdir: Path = typer.Option(Path("bench-results"), "--outdir", help="Where JSON, CSV and PNG go."),
+    models_dir: Path = typer.Option(engine.ROOT / "models" / "bench", "--models-dir", help="Cache of dummy models."),
+):
+    """Throughput, memory and energy per token: our ternary types against stock llama.cpp types, one run."""
+    from rich.progress import Progress
+    from . import bench as b
+    from .runtime import physical_cores
+
+    tools = _current_tools()
+    try:
+        thread_list = b.parse_threads(threads) if threads else [physical_cores()]
+    except (b.BenchError, ValueError) as e:
+        fail(str(e))
+    if baseline is not None and not baseline.exists():
+        fail(f"--baseline {baseline} does not exist: point it at a stock build's llama-bench binary")
+    type_list = [t.strip().lower() for t in types.split(",") if t.strip()]
+    command = "bitnet bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "bitnet bench"
+    results = []
+    try:
+        with Progress(console=err) as progress:
+            if model is not None:
+                from .runtime import check_model_file
+                check_model_file(model)
+                models = [(model.stem.rsplit("-", 1)[-1].lower(), model)]
+            else:
+                task = progress.add_task("preparing models", total=len(type_list))
+                models = []
+                for t in type_list:
+                    models.append((t, b.bench_model(shape, t, models_dir, tools)))
+                    progress.advance(task)
+            runs = [(t, m, th, test, bb, eng) for t, m in models for th in thread_list for test in ("pp", "tg")
+                    for bb, eng in [(tools / "llama-bench", "bitnet-tools")] +
+                    ([(baseline, "stock")] if baseline is not None and t not in b.OURS else [])]
+            task = progress.add_task("benchmarking", total=len(runs))
+            for t, m, th, test, bb, eng in runs:
+                progress.update(task, description=f"{t} {eng} {test} {th} thr")
+                results.append(b.run_one(bb, m, t, th, n_prompt if test == "pp" else 0, n_gen if test == "tg" else 0,
+                                         reps, watts_per_core, engine_name=eng))
+                progress.advance(task)
+    except (b.BenchError, ValueError, OSError) as e:
+        if _debug:
+            raise
+        fail(str(e))
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    stem = f"bench-{(model.stem if model else shape)}"
+    paths = {k: outdir / f"{stem}.{k}" for k in ("json", "csv", "png")}
+    b.write_outputs(results, command, paths["json"], paths["csv"], paths["png"])
+
+    table = Table(title=f"bitnet bench ({command})")
+    for col in ("type", "engine", "thr", "test", "t/s", "MiB", "bpw", "peak RSS MiB", "J/token", "energy"):
+        table.add_column(col, justify="left" if col in ("type", "engine", "test", "energy") else "right")
+    for r in results:
+        table.add_row(r.type + (" *" if r.ours else ""), r.engine, str(r.threads), r.test,
+                      f"{r.tps_mean:.2f} ± {r.tps_sd:.2f}", f"{r.size_bytes / 2**20:.0f}", f"{r.bpw:.2f}",
+                      f"{r.peak_rss_mib:.0f}", f"{r.energy_j_per_token:.3f}", r.energy_source.split(":")[0])
+    console.print(table)
+    sp = b.speedups(results)
+    if sp:
+        t2 = Table(title="speedup of ours over stock (same run)")
+        for col in ("ours", "stock", "thr", "test", "speedup", "energy ratio"):
+            t2.add_column(col)
+        for x in sp:
+            t2.add_row(x["ours"], x["stock"] + ("" if x["stock_engine"] == "bitnet-tools" else f" ({x['stock_engine']})"),
+                       str(x["threads"]), x["test"], f"{x['speedup']:.2f}x", f"{x['energy_ratio']:.2f}")
+        console.print(t2)
+    if not any(r.energy_source.startswith("measured") for r in results):
+        console.print(f"[yellow]energy is ESTIMATED ({watts_per_core:g} W per busy core x CPU time): "
+                      "RAPL counters are not readable here[/]")
+    console.print(f"written: {', '.join(str(p) for p in paths.values())}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -32,7 +32,7 @@ VENDOR = ROOT / "vendor"
 PATCHES = ROOT / "patches"
 BUILD = ROOT / "build"
 
-TOOLS = ["llama-quantize", "llama-bench", "llama-perplexity", "llama-cli", "test-quantize-fns", "test-backend-ops"]
+TOOLS = ["llama-quantize", "llama-bench", "llama-perplexity", "llama-completion", "test-quantize-fns", "test-backend-ops"]
 
 # Debian packages that provide the build tools, for the error message when one is missing
 BUILD_REQUIREMENTS = {"cmake": "cmake", "cc": "gcc", "c++": "g++", "ninja": "ninja-build", "git": "git"}

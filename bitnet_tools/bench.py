@@ -1,0 +1,283 @@
+"""`bitnet bench`: throughput, memory and energy per token of our types against stock llama.cpp
+types, all measured in one run with llama.cpp's own llama-bench from our build.
+
+Each (model, threads, test) is one llama-bench process, so that its peak RSS, CPU time and
+energy belong to it alone. Prompt processing runs whole batches (llama-bench's pp test:
+n_batch 2048, n_ubatch 512), not one token at a time. llama-bench's warm-up run is excluded
+from its figures; repetitions give mean ± sd.
+
+Energy: package energy from RAPL counters (Linux powercap) when readable, as
+average package power over the process × seconds per token; otherwise an estimate from the
+process's CPU time and a per-core power figure. The source is stored with every figure and
+an estimate is never labelled as a measurement.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import engine
+
+POWERCAP = Path("/sys/class/powercap")
+OURS = {"i2_s"}
+SCHEMA_VERSION = 1
+
+
+class BenchError(RuntimeError):
+    """A bench run that cannot go on; the message names the cause and the fix."""
+
+
+# ---------------------------------------------------------------- energy
+
+def rapl_domains(root: Path = POWERCAP) -> list[Path]:
+    """Readable package-level RAPL domains (intel-rapl:N, not their sub-zones)."""
+    if not root.is_dir():
+        return []
+    out = []
+    for d in sorted(root.glob("intel-rapl:*")):
+        if d.name.count(":") != 1:
+            continue  # sub-zone (core, uncore, dram) of a package
+        try:
+            int((d / "energy_uj").read_text())
+        except (OSError, ValueError):
+            continue
+        out.append(d)
+    return out
+
+
+def rapl_read(domains: list[Path]) -> list[int]:
+    return [int((d / "energy_uj").read_text()) for d in domains]
+
+
+def rapl_joules(domains: list[Path], before: list[int], after: list[int]) -> float:
+    total = 0
+    for d, a, b in zip(domains, before, after):
+        delta = b - a
+        if delta < 0:  # the counter wrapped
+            delta += int((d / "max_energy_range_uj").read_text())
+        total += delta
+    return total / 1e6
+
+
+@dataclass
+class Energy:
+    joules_per_token: float
+    watts: float
+    source: str  # "measured: RAPL ..." or "estimated: ..."
+
+    @property
+    def measured(self) -> bool:
+        return self.source.startswith("measured")
+
+
+def energy_per_token(tps: float, wall: float, cpu_seconds: float, joules: float | None,
+                     watts_per_core: float) -> Energy:
+    """Average power over the process × seconds per token."""
+    if joules is not None:
+        watts = joules / wall
+        return Energy(watts / tps, watts, "measured: RAPL package energy")
+    watts = watts_per_core * cpu_seconds / wall
+    return Energy(watts / tps, watts, f"estimated: {watts_per_core:g} W per busy core x CPU time")
+
+
+# ---------------------------------------------------------------- models
+
+def bench_model(shape: str, qtype: str, outdir: Path, tools: Path, console=None) -> Path:
+    """A dummy model of `shape` in `qtype`, made once and reused (random ternary weights,
+    Q6_K token embedding for every type so that only the ternary weights differ)."""
+    from . import dummy
+    from .writer import TERNARY_TYPES
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    path = outdir / f"{shape}-{qtype}.gguf"
+    if path.exists():
+        return path
+    if qtype in TERNARY_TYPES:
+        return dummy.write(path, shape, qtype, embd_type_name="q6_k")
+    # any other stock type: llama-quantize from the f16 model, keeping the Q6_K embedding
+    src = bench_model(shape, "f16", outdir, tools)
+    tmp = path.with_name(f".{path.name}.partial")
+    r = subprocess.run([str(tools / "llama-quantize"), "--token-embedding-type", "q6_k", str(src), str(tmp),
+                        qtype.upper()], capture_output=True, text=True)
+    if r.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise BenchError(f"llama-quantize cannot make {qtype.upper()}: {r.stderr.strip().splitlines()[-1:]}")
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------- running
+
+@dataclass
+class Result:
+    model: str
+    type: str
+    threads: int
+    test: str                 # "pp512", "tg128"
+    n_tokens: int
+    tps_mean: float
+    tps_sd: float
+    size_bytes: int
+    n_params: int
+    bpw: float
+    peak_rss_mib: float
+    energy_j_per_token: float
+    power_w: float
+    energy_source: str
+    ours: bool
+    engine: str = "bitnet-tools"
+    samples: list[float] = field(default_factory=list)
+
+
+def run_one(bench_bin: Path, model: Path, qtype: str, threads: int, n_prompt: int, n_gen: int, reps: int,
+            watts_per_core: float, powercap: Path = POWERCAP, engine_name: str = "bitnet-tools") -> Result:
+    cmd = [str(bench_bin), "-m", str(model), "-t", str(threads), "-p", str(n_prompt), "-n", str(n_gen),
+           "-r", str(reps), "-o", "json"]
+    domains = rapl_domains(powercap)
+    with tempfile.TemporaryFile("w+") as fout, tempfile.TemporaryFile("w+") as ferr:
+        e0 = rapl_read(domains) if domains else None
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=fout, stderr=ferr, text=True)
+        # wait4 gives this child's own rusage: its peak RSS and CPU time
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        e1 = rapl_read(domains) if domains else None
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        fout.seek(0), ferr.seek(0)
+        out, errtext = fout.read(), ferr.read()
+    if proc.returncode != 0:
+        last = errtext.strip().splitlines()[-1:] or ["no output"]
+        raise BenchError(f"llama-bench failed on {model.name} ({' '.join(cmd)}): {last[0]}")
+    rows = json.loads(out)
+    if len(rows) != 1:
+        raise BenchError(f"llama-bench returned {len(rows)} results for one test")
+    row = rows[0]
+    test = f"pp{n_prompt}" if n_prompt else f"tg{n_gen}"
+    tps = float(row["avg_ts"])
+    joules = rapl_joules(domains, e0, e1) if domains else None
+    energy = energy_per_token(tps, wall, usage.ru_utime + usage.ru_stime, joules, watts_per_core)
+    size, n_params = int(row["model_size"]), int(row["model_n_params"])
+    return Result(model=model.name, type=qtype, threads=threads, test=test, n_tokens=n_prompt or n_gen,
+                  tps_mean=tps, tps_sd=float(row.get("stddev_ts", 0.0)), size_bytes=size, n_params=n_params,
+                  bpw=8 * size / n_params, peak_rss_mib=usage.ru_maxrss / 1024,
+                  energy_j_per_token=energy.joules_per_token, power_w=energy.watts, energy_source=energy.source,
+                  ours=qtype in OURS, engine=engine_name, samples=[float(x) for x in row.get("samples_ts", [])])
+
+
+def speedups(results: list[Result]) -> list[dict]:
+    """Each of our types over each stock type, per (threads, test), from the same run."""
+    out = []
+    for r in results:
+        if not r.ours:
+            continue
+        for s in results:
+            if s.ours or s.threads != r.threads or s.test != r.test:
+                continue
+            out.append({"ours": r.type, "stock": s.type, "stock_engine": s.engine, "threads": r.threads,
+                        "test": r.test, "speedup": r.tps_mean / s.tps_mean,
+                        "energy_ratio": r.energy_j_per_token / s.energy_j_per_token})
+    return out
+
+
+# ---------------------------------------------------------------- outputs
+
+def write_outputs(results: list[Result], command: str, json_path: Path | None, csv_path: Path | None,
+                  png_path: Path | None) -> None:
+    doc = {"schema": SCHEMA_VERSION, "command": command, "machine": machine_info(),
+           "results": [asdict(r) for r in results], "speedups": speedups(results)}
+    if json_path:
+        _atomic_write(json_path, json.dumps(doc, indent=2))
+    if csv_path:
+        tmp = csv_path.with_name(f".{csv_path.name}.partial")
+        with open(tmp, "w", newline="") as f:
+            fields = [k for k in asdict(results[0]) if k != "samples"]
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            for r in results:
+                w.writerow(asdict(r))
+        os.replace(tmp, csv_path)
+    if png_path:
+        plot(results, png_path)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def machine_info() -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "engine_key": _engine_key()}
+
+
+def _engine_key() -> str:
+    pin = engine.read_pin()
+    return engine.build_key(pin, "native")
+
+
+def plot(results: list[Result], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tests = sorted({r.test for r in results}, key=lambda t: (t[:2] != "pp", t))
+    threads = sorted({r.threads for r in results})
+    labels = list(dict.fromkeys(f"{r.type}" + ("" if r.engine == "bitnet-tools" else f" ({r.engine})") for r in results))
+    fig, axes = plt.subplots(2, len(tests), figsize=(5.5 * len(tests), 8), squeeze=False)
+    width = 0.8 / max(1, len(labels))
+    for col, test in enumerate(tests):
+        for row, (metric, ylabel) in enumerate((("tps_mean", "tokens / s"), ("energy_j_per_token", "J / token"))):
+            ax = axes[row][col]
+            for i, label in enumerate(labels):
+                vals, errs = [], []
+                for t in threads:
+                    r = next((r for r in results if r.test == test and r.threads == t and
+                              f"{r.type}" + ("" if r.engine == "bitnet-tools" else f" ({r.engine})") == label), None)
+                    vals.append(getattr(r, metric) if r else 0)
+                    errs.append(r.tps_sd if (r and metric == "tps_mean") else 0)
+                xs = [j + i * width for j in range(len(threads))]
+                ax.bar(xs, vals, width, yerr=errs if metric == "tps_mean" else None, label=label,
+                       hatch="//" if label in OURS else None)
+            ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(threads))])
+            ax.set_xticklabels([f"{t} thread{'s' if t > 1 else ''}" for t in threads])
+            ax.set_ylabel(ylabel)
+            src = {r.energy_source.split(":")[0] for r in results}
+            title = test if metric == "tps_mean" else f"{test} energy per token ({'/'.join(sorted(src))})"
+            ax.set_title(title)
+            ax.grid(axis="y", alpha=0.3)
+        axes[0][col].legend(fontsize=8)
+    fig.suptitle(f"bitnet bench — {results[0].model.split('-')[0]} shape")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.partial.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def parse_threads(spec: str) -> list[int]:
+    """'1,2,4' or '1-4' or '2'."""
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out.extend(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
+    if not out or any(t < 1 for t in out):
+        raise BenchError(f"--threads {spec!r}: give positive counts like 2, 1,2 or 1-4")
+    return sorted(set(out))

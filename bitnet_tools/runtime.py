@@ -1,0 +1,49 @@
+"""Loading models through the patched llama_cpp with sensible defaults."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+GGUF_MAGIC = b"GGUF"
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (llama-cpp-python's default, cpu_count // 2,
+    gives one thread on a 2-vCPU machine)."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for cpu in cpus:
+        try:
+            core_id = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/core_id").read_text().strip()
+            pkg = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id").read_text().strip()
+            cores.add((pkg, core_id))
+        except OSError:
+            cores.add(("", str(cpu)))
+    return max(1, len(cores))
+
+
+class ModelError(ValueError):
+    """The model file cannot be used; the message names the cause and the fix."""
+
+
+def check_model_file(path: Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file {path} does not exist: check the path, or create one with 'bitnet convert'")
+    with open(path, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise ModelError(f"{path} is not a GGUF file: convert the checkpoint with 'bitnet convert' first")
+    return path
+
+
+def load(path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, **kwargs):
+    """A llama_cpp.Llama for a GGUF file, with threads = physical cores."""
+    import llama_cpp
+
+    path = check_model_file(Path(path))
+    kwargs.setdefault("verbose", False)
+    threads = n_threads or physical_cores()
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, **kwargs)

@@ -1,0 +1,94 @@
+"""bitnet bench: RAPL reading, energy labelling, and a tiny end-to-end run."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bitnet_tools import bench
+
+
+def _fake_powercap(root, packages):
+    """A powercap tree like Linux's: intel-rapl:N package zones with sub-zones inside."""
+    for i, (energy, max_range) in enumerate(packages):
+        d = root / f"intel-rapl:{i}"
+        d.mkdir(parents=True)
+        (d / "name").write_text(f"package-{i}\n")
+        (d / "energy_uj").write_text(f"{energy}\n")
+        (d / "max_energy_range_uj").write_text(f"{max_range}\n")
+        sub = root / f"intel-rapl:{i}:0"
+        sub.mkdir()
+        (sub / "name").write_text("core\n")
+        (sub / "energy_uj").write_text("5\n")
+    return root
+
+
+def test_rapl_reads_package_zones_and_handles_wraparound(tmp_path):
+    root = _fake_powercap(tmp_path / "powercap", [(4_000_000_000, 4_294_967_295), (10, 262_143_328_850)])
+    domains = bench.rapl_domains(root)
+    assert [d.name for d in domains] == ["intel-rapl:0", "intel-rapl:1"]
+    before = bench.rapl_read(domains)
+    (domains[0] / "energy_uj").write_text("1000000\n")      # wrapped past the range
+    (domains[1] / "energy_uj").write_text("3000010\n")      # +3 J
+    after = bench.rapl_read(domains)
+    expect = ((1_000_000 - 4_000_000_000 + 4_294_967_295) + 3_000_000) / 1e6
+    assert bench.rapl_joules(domains, before, after) == pytest.approx(expect)
+
+
+def test_unreadable_or_missing_rapl_means_no_domains(tmp_path):
+    assert bench.rapl_domains(tmp_path / "absent") == []
+    root = tmp_path / "powercap"
+    (root / "intel-rapl:0").mkdir(parents=True)  # no energy_uj: not readable
+    assert bench.rapl_domains(root) == []
+
+
+def test_energy_is_labelled_measured_or_estimated():
+    m = bench.energy_per_token(tps=20.0, wall=10.0, cpu_seconds=20.0, joules=300.0, watts_per_core=7.0)
+    assert m.measured and m.source.startswith("measured")
+    assert m.watts == pytest.approx(30.0) and m.joules_per_token == pytest.approx(1.5)
+    e = bench.energy_per_token(tps=20.0, wall=10.0, cpu_seconds=20.0, joules=None, watts_per_core=7.0)
+    assert not e.measured and e.source.startswith("estimated")
+    assert e.watts == pytest.approx(14.0) and e.joules_per_token == pytest.approx(0.7)
+
+
+def test_parse_threads():
+    assert bench.parse_threads("2") == [2]
+    assert bench.parse_threads("1,2") == [1, 2]
+    assert bench.parse_threads("1-3,2") == [1, 2, 3]
+    with pytest.raises(bench.BenchError):
+        bench.parse_threads("0")
+
+
+@pytest.mark.slow
+def test_tiny_bench_end_to_end(tmp_path, tools):
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "bitnet_tools.cli", "bench", "-t", "1,2", "--shape", "tiny",
+                        "--types", "i2_s,tq2_0,q4_0", "-p", "32", "-n", "8", "-r", "2",
+                        "--outdir", str(out), "--models-dir", str(tmp_path / "models")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads((out / "bench-tiny.json").read_text())
+    assert doc["schema"] == bench.SCHEMA_VERSION and doc["command"].startswith("bitnet bench")
+    results = doc["results"]
+    assert {(x["type"], x["threads"], x["test"]) for x in results} == {
+        (t, th, test) for t in ("i2_s", "tq2_0", "q4_0") for th in (1, 2) for test in ("pp32", "tg8")}
+    for x in results:
+        for k in ("tps_mean", "size_bytes", "n_params", "bpw", "peak_rss_mib", "energy_j_per_token", "power_w"):
+            assert x[k] > 0, (k, x)
+        assert x["tps_sd"] >= 0 and len(x["samples"]) == 2
+        measured = bool(bench.rapl_domains())
+        assert x["energy_source"].startswith("measured" if measured else "estimated")
+    # our type against each stock type, per threads and test
+    assert len(doc["speedups"]) == 2 * 2 * 2
+    assert all(s["speedup"] > 0 for s in doc["speedups"])
+    csv_lines = (out / "bench-tiny.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + len(results)
+    png = (out / "bench-tiny.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+    with Image.open(out / "bench-tiny.png") as im:
+        im.verify()
+    if not bench.rapl_domains():
+        assert "ESTIMATED" in r.stdout

@@ -1,0 +1,141 @@
+"""The engine: pin, patch series, cached build, and that the installed llama_cpp is ours."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bitnet_tools import engine
+from bitnet_tools.cli import app
+from bitnet_tools.doctor import ggml_type_name
+
+
+def test_installed_llama_cpp_is_the_patched_build():
+    import llama_cpp
+
+    pin = engine.read_pin()
+    key = engine.build_key(pin, "native")
+    assert engine.installed_version() == engine.wheel_version(pin, key)
+    assert llama_cpp.__version__ == engine.wheel_version(pin, key)
+    # type 36 is a removed slot upstream (blck_size 0): only our library names it
+    assert ggml_type_name(36) == "i2_s"
+    assert ggml_type_name(38) is None
+
+
+def test_doctor_reports_the_build():
+    r = CliRunner().invoke(app, ["doctor", "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert report["i2_s_known"] is True
+    assert report["pin"]["llama_cpp_commit"] == "0c1e570"
+    assert report["builds"]["native"]["current"] is True
+    assert report["cpu_features"]["AVX2"] is True or report["cpu_features"]["NEON"] is True
+
+
+def _touched_files(patches: list[Path]) -> list[str]:
+    files = []
+    for p in patches:
+        for line in p.read_text().splitlines():
+            if line.startswith("+++ b/"):
+                files.append(line[len("+++ b/"):])
+    return files
+
+
+def _pristine_copy(dst: Path) -> Path:
+    """The upstream files our patches touch, straight from the pinned sdist."""
+    pin = engine.read_pin()
+    prefix = f"{pin.source_dir.name}/vendor/llama.cpp/"
+    wanted = {prefix + f for f in _touched_files(engine.series())}
+    with tarfile.open(engine.VENDOR / pin.sdist_name) as tar:
+        for m in tar.getmembers():
+            if m.name in wanted:
+                m.name = m.name[len(prefix):]
+                tar.extract(m, dst, filter="data")
+    assert len(list(dst.rglob("*.*"))) == len(wanted)
+    return dst
+
+
+def test_patch_series_applies_once_and_detects_a_patched_tree(tmp_path):
+    tree = _pristine_copy(tmp_path / "llama.cpp")
+    done = engine.apply_patches(tree)
+    assert done == [f"applied {p.name}" for p in engine.series()]
+    # the result is exactly the tree the build uses
+    for rel in _touched_files(engine.series()):
+        assert (tree / rel).read_bytes() == (engine.read_pin().llama_cpp_dir / rel).read_bytes(), rel
+    for f in engine.own_files():
+        assert (tree / f.relative_to(engine.PATCHES / "files")).read_bytes() == f.read_bytes()
+
+    before = {rel: (tree / rel).read_bytes() for rel in _touched_files(engine.series())}
+    assert engine.apply_patches(tree) == [f"{p.name} unchanged" for p in engine.series()]
+    # patched, but the record is lost: detected by reverse-applying, never applied twice
+    shutil.rmtree(tree / ".bitnet-applied")
+    assert engine.apply_patches(tree) == [f"{p.name} already applied" for p in engine.series()]
+    assert {rel: (tree / rel).read_bytes() for rel in before} == before
+
+
+def test_build_key_follows_sdist_patches_and_flags(tmp_path, monkeypatch):
+    pin = engine.read_pin()
+    keys = {f: engine.build_key(pin, f) for f in engine.FLAVORS}
+    assert len(set(keys.values())) == len(keys)
+
+    patches = tmp_path / "patches"
+    shutil.copytree(engine.PATCHES, patches)
+    monkeypatch.setattr(engine, "PATCHES", patches)
+    assert engine.build_key(pin, "native") == keys["native"]
+    last = patches / engine.series()[-1].name
+    last.write_text(last.read_text() + "\n")
+    assert engine.build_key(pin, "native") != keys["native"]
+
+
+def test_a_build_without_its_stamp_is_not_used(tmp_path, monkeypatch):
+    """An interrupted build never writes its stamp, so the next setup rebuilds."""
+    pin = engine.read_pin()
+    key = engine.build_key(pin, "native")
+    monkeypatch.setattr(engine, "BUILD", tmp_path)
+    bindir = engine.tools_dir("native")
+    bindir.mkdir(parents=True)
+    for t in engine.TOOLS:
+        (bindir / t).write_text("")
+    assert not engine.is_current(pin, "native", key, wheel=False)
+    engine.stamp_path("native").write_text(json.dumps({"key": key}))
+    assert engine.is_current(pin, "native", key, wheel=False)
+    (bindir / "llama-bench").unlink()
+    assert not engine.is_current(pin, "native", key, wheel=False)
+
+
+def test_sdist_with_wrong_hash_is_refused(tmp_path, monkeypatch):
+    pin = engine.read_pin()
+    monkeypatch.setattr(engine, "VENDOR", tmp_path)
+    fake = tmp_path / pin.sdist_name
+    fake.write_bytes(b"not the sdist")
+    with pytest.raises(engine.EngineError, match="refusing to build"):
+        engine.fetch_sdist(pin, log=open(tmp_path / "log", "w"))
+    assert not fake.exists()
+
+
+def test_missing_compiler_names_the_debian_package(monkeypatch):
+    real = shutil.which
+    monkeypatch.setattr(engine.shutil, "which", lambda t: None if t == "cmake" else real(t))
+    with pytest.raises(engine.EngineError, match="apt-get install cmake"):
+        engine.check_toolchain()
+
+
+def test_setup_with_nothing_changed_is_a_no_op():
+    r = CliRunner().invoke(app, ["setup", "--engine-only"])
+    assert r.exit_code == 0, r.output
+    assert "up to date" in r.output
+
+
+@pytest.mark.slow
+def test_llama_cpp_test_quantize_fns(tools):
+    from conftest import run
+    r = run([tools / "test-quantize-fns", "-v"])
+    assert r.returncode == 0, r.stdout[-3000:]
+    # our type is among those tested, and passes
+    for check in ("absolute quantization error", "reference implementation error", "dot product error"):
+        assert re.search(rf"^\s*i2_s {check}:\s+ok \(", r.stdout, re.M), check

@@ -1,0 +1,291 @@
+"""I2_S: numpy and C agree bit for bit, the kernels agree with the scalar reference, and a file
+built byte by byte from the published layout description loads and runs like our own output."""
+from __future__ import annotations
+
+import ctypes
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bitnet_tools import dummy
+from bitnet_tools.quants import I2_S, i2_s
+from bitnet_tools.writer import PendingTensor, write_gguf
+from gguf.constants import GGMLQuantizationType as T
+
+from conftest import run
+
+
+def _c_quantize_i2_s(lib, x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    out = np.zeros(x.size // 4 + 32, dtype=np.uint8)
+    lib.quantize_row_i2_s_ref(x.ctypes.data, out.ctypes.data, x.size)
+    return out
+
+
+def _cases(rng):
+    yield rng.standard_normal(128 * 7).astype(np.float32)                        # odd number of groups
+    yield (rng.standard_normal((64, 384)) * 3).astype(np.float32)
+    yield rng.integers(-1, 2, size=(16, 2560)).astype(np.float32) * np.float32(0.0123)  # already ternary
+    yield np.zeros(256, dtype=np.float32)
+    yield np.linspace(-1, 1, 1280, dtype=np.float32) ** 3                       # many near-ties
+
+
+def test_numpy_i2_s_is_bit_identical_to_c(ggml_base):
+    rng = np.random.default_rng(1)
+    for x in _cases(rng):
+        mine = I2_S.quantize(x)
+        assert mine.tobytes() == _c_quantize_i2_s(ggml_base, x).tobytes()
+        back_c = np.zeros(x.size, dtype=np.float32)
+        ggml_base.dequantize_row_i2_s(mine.ctypes.data, back_c.ctypes.data, x.size)
+        assert I2_S.dequantize(mine).tobytes() == back_c.tobytes()
+
+
+def test_already_ternary_weights_survive_exactly():
+    rng = np.random.default_rng(2)
+    q = rng.integers(-1, 2, size=(8, 512)).astype(np.float32)
+    w = q * np.float32(0.0371)
+    assert np.array_equal(I2_S.dequantize(I2_S.quantize(w)).reshape(w.shape), w)
+
+
+def test_i2_s_layout_matches_the_description():
+    """Element j of group g: byte 32g + j % 32, shift 6 - 2 (j // 32); codes 0/1/2 = -1/0/+1."""
+    q = np.random.default_rng(3).integers(-1, 2, size=256).astype(np.int8)
+    data = i2_s.pack(q, 0.5)
+    for i in range(256):
+        g, j = divmod(i, 128)
+        assert (data[32 * g + j % 32] >> (6 - 2 * (j // 32))) & 3 == q[i] + 1
+    assert data[64:68].view(np.float32)[0] == np.float32(0.5) and data.size == 256 // 4 + 32
+
+
+def test_i8_s_activations_are_per_row_absmax_int8(ggml_base):
+    """BitNet's activation quantization: q = round(x * 127 / max|x|), one scale per row."""
+    x = np.random.default_rng(4).standard_normal(1000).astype(np.float32) * 5
+    out = np.zeros(1000 + 8, dtype=np.uint8)
+    ggml_base.quantize_row_i8_s_ref(x.ctypes.data, out.ctypes.data, x.size)
+    iscale = np.float32(127) / np.float32(np.abs(x).max())
+    expect = np.clip(np.rint(x * iscale), -128, 127).astype(np.int8)
+    assert np.array_equal(out[:1000].view(np.int8), expect)
+    assert out[1000:1004].view(np.float32)[0] == np.float32(1) / iscale
+    assert out[1004:1008].view(np.int32)[0] == int(expect.astype(np.int32).sum())
+
+
+@pytest.mark.slow
+def test_backend_ops_mul_mat_i2_s(tools):
+    """Our GEMV/GEMM kernels against the scalar reference (ggml's use_ref mode) on many shapes."""
+    r = run([tools / "test-backend-ops", "test", "-b", "CPU", "-o", "MUL_MAT", "-p", "type_a=i2_s"])
+    assert r.returncode == 0, r.stdout[-3000:]
+    n_ok = sum(1 for line in r.stdout.splitlines() if "type_a=i2_s" in line and "OK" in line)
+    assert n_ok >= 130 and "FAIL" not in r.stdout
+
+
+# ---------------------------------------------------------------- a file made byte by byte
+
+def _gguf_string(s: str | bytes) -> bytes:
+    b = s.encode() if isinstance(s, str) else s
+    return struct.pack("<Q", len(b)) + b
+
+
+def _kv(key: str, vtype: int, payload: bytes) -> bytes:
+    return _gguf_string(key) + struct.pack("<I", vtype) + payload
+
+
+def _i2_s_bytes_by_hand(q: np.ndarray, scale: float) -> bytes:
+    """Straight from the layout description in shared/specs/formats.md, one element at a time."""
+    flat = q.reshape(-1)
+    codes = bytearray(flat.size // 4)
+    for i, v in enumerate(flat):
+        g, j = divmod(i, 128)
+        codes[32 * g + j % 32] |= (int(v) + 1) << (6 - 2 * (j // 32))
+    return bytes(codes) + struct.pack("<f", scale) + bytes(28)
+
+
+def _write_by_hand(path: Path, shape: dummy.Shape, weights: dict, scale: float):
+    """A minimal GGUF v3 writer (no gguf-py), laid out like Microsoft's 2B-4T file:
+    arch bitnet-b1.58, bitnet.cpp's file type number for I2_S (40), no output.weight."""
+    arch = "bitnet-b1.58"
+    tokens, scores, types = dummy.vocab(shape.n_vocab)
+    kvs = [
+        _kv("general.architecture", 8, _gguf_string(arch)),
+        _kv("general.file_type", 4, struct.pack("<I", 40)),
+        _kv(f"{arch}.context_length", 4, struct.pack("<I", 512)),
+        _kv(f"{arch}.embedding_length", 4, struct.pack("<I", shape.n_embd)),
+        _kv(f"{arch}.block_count", 4, struct.pack("<I", shape.n_layer)),
+        _kv(f"{arch}.feed_forward_length", 4, struct.pack("<I", shape.n_ff)),
+        _kv(f"{arch}.attention.head_count", 4, struct.pack("<I", shape.n_head)),
+        _kv(f"{arch}.attention.head_count_kv", 4, struct.pack("<I", shape.n_head_kv)),
+        _kv(f"{arch}.rope.freq_base", 6, struct.pack("<f", 500000.0)),
+        _kv(f"{arch}.attention.layer_norm_rms_epsilon", 6, struct.pack("<f", 1e-5)),
+        _kv("tokenizer.ggml.model", 8, _gguf_string("llama")),
+        _kv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, len(tokens)) + b"".join(_gguf_string(t) for t in tokens)),
+        _kv("tokenizer.ggml.scores", 9, struct.pack("<IQ", 6, len(scores)) + struct.pack(f"<{len(scores)}f", *scores)),
+        _kv("tokenizer.ggml.token_type", 9, struct.pack("<IQ", 5, len(types)) + struct.pack(f"<{len(types)}i", *types)),
+        _kv("tokenizer.ggml.bos_token_id", 4, struct.pack("<I", 1)),
+        _kv("tokenizer.ggml.eos_token_id", 4, struct.pack("<I", 2)),
+    ]
+    infos, blobs, offset = [], [], 0
+    for name, (kind, value) in weights.items():
+        if kind == "i2_s":
+            data, gtype = _i2_s_bytes_by_hand(value, scale), 36
+        else:
+            data, gtype = value.astype("<f4").tobytes(), 0
+        dims = value.shape[::-1]
+        infos.append(_gguf_string(name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
+                     + struct.pack("<IQ", gtype, offset))
+        pad = (-len(data)) % 32
+        blobs.append(data + bytes(pad))
+        offset += len(data) + pad
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(infos), len(kvs)) + b"".join(kvs) + b"".join(infos)
+    head += bytes((-len(head)) % 32)
+    path.write_bytes(head + b"".join(blobs))
+
+
+def _tiny_weights(shape: dummy.Shape, seed: int = 5) -> dict:
+    """name -> ("i2_s", codes in {-1,0,1}) or ("f32", values), numpy order (rows, width)."""
+    rng = np.random.default_rng(seed)
+    e, f = shape.n_embd, shape.n_ff
+    kv = e // shape.n_head * shape.n_head_kv
+    w = {"token_embd.weight": ("f32", rng.standard_normal((shape.n_vocab, e)).astype(np.float32))}
+    for i in range(shape.n_layer):
+        b = f"blk.{i}."
+        for name, n in (("attn_norm", e), ("attn_sub_norm", e), ("ffn_norm", e), ("ffn_sub_norm", f)):
+            w[b + name + ".weight"] = ("f32", (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+        for name, rows, cols in (("attn_q", e, e), ("attn_k", kv, e), ("attn_v", kv, e), ("attn_output", e, e),
+                                 ("ffn_gate", f, e), ("ffn_up", f, e), ("ffn_down", e, f)):
+            w[b + name + ".weight"] = ("i2_s", rng.integers(-1, 2, size=(rows, cols)).astype(np.int8))
+    w["output_norm.weight"] = ("f32", np.ones(e, dtype=np.float32))
+    return w
+
+
+def _logits(path: Path, tokens: list[int]) -> np.ndarray:
+    from bitnet_tools import load
+    llm = load(path, n_ctx=64, logits_all=True)
+    llm.eval(tokens)
+    return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+
+
+def test_file_built_by_hand_loads_and_matches_our_writer(tmp_path):
+    shape = dummy.Shape(256, 2, 512, 4, 2, 300)
+    scale = 0.25
+    weights = _tiny_weights(shape)
+    by_hand = tmp_path / "by-hand-i2_s.gguf"
+    _write_by_hand(by_hand, shape, weights, scale)
+
+    def kv(w):
+        w.add_file_type(200)
+        w.add_context_length(512)
+        w.add_embedding_length(shape.n_embd)
+        w.add_block_count(shape.n_layer)
+        w.add_feed_forward_length(shape.n_ff)
+        w.add_head_count(shape.n_head)
+        w.add_head_count_kv(shape.n_head_kv)
+        w.add_rope_freq_base(500000.0)
+        w.add_layer_norm_rms_eps(1e-5)
+        tokens, scores, types = dummy.vocab(shape.n_vocab)
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+
+    def pending(name, kind, value):
+        if kind == "i2_s":  # as the converter does: ternary values times the scale, quantized by our class
+            return PendingTensor(name, value.shape, T.I2_S, lambda: I2_S.quantize(value.astype(np.float32) * np.float32(scale)))
+        return PendingTensor(name, value.shape, T.F32, lambda: value)
+
+    ours = write_gguf(tmp_path / "ours-i2_s.gguf", "bitnet-b1.58", kv,
+                      [pending(n, k, v) for n, (k, v) in weights.items()])
+
+    from bitnet_tools import load
+    # bitnet.cpp's file type 40 is Q1_0 upstream: the loader must name the type from the tensors
+    assert "I2_S" in load(by_hand, n_ctx=64)._model.desc()
+
+    tokens = [1, 100, 7, 250, 31, 5, 299, 42]
+    a, b = _logits(by_hand, tokens), _logits(ours, tokens)
+    assert np.isfinite(a).all() and a.std() > 0
+    np.testing.assert_array_equal(a, b)
+
+    # and the graph is the 2B-4T one with I2_S weights: compare with a float reference of the same
+    # weights with per-row int8 activations (BitNet's arithmetic) -- computed independently below
+    ref = _reference_logits(shape, weights, scale, tokens)
+    np.testing.assert_allclose(a, ref, rtol=0, atol=2e-3 * np.abs(ref).max())
+
+
+def _rms(x, w, eps=1e-5):
+    return x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps) * w
+
+
+def _bitlinear(x, q, scale):
+    """y = (q . x_q) * scale / s_x with x_q = round(x * s_x), s_x = 127 / max|x| per row."""
+    s = np.float32(127) / np.maximum(np.abs(x).max(-1, keepdims=True), np.float32(1e-5)).astype(np.float32)
+    xq = np.clip(np.rint(x.astype(np.float32) * s), -128, 127)
+    return (xq.astype(np.float64) @ q.T.astype(np.float64)) / s * scale
+
+
+def _rope(x, pos, theta=500000.0):
+    # ggml's default rope for this arch (rope type NORM): rotate adjacent pairs
+    d = x.shape[-1]
+    inv = theta ** (-np.arange(0, d, 2) / d)
+    ang = pos[:, None] * inv[None, :]
+    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = x0 * cos - x1 * sin
+    out[..., 1::2] = x0 * sin + x1 * cos
+    return out
+
+
+def _reference_logits(shape, weights, scale, tokens):
+    W = {n: v for n, (k, v) in weights.items()}
+    e, nh, nkv = shape.n_embd, shape.n_head, shape.n_head_kv
+    hd = e // nh
+    T_ = len(tokens)
+    pos = np.arange(T_, dtype=np.float64)
+    h = W["token_embd.weight"][tokens].astype(np.float64)
+    mask = np.triu(np.full((T_, T_), -np.inf), 1)
+    for i in range(shape.n_layer):
+        b = f"blk.{i}."
+        x = _rms(h, W[b + "attn_norm.weight"])
+        q = _bitlinear(x, W[b + "attn_q.weight"], scale).reshape(T_, nh, hd)
+        k = _bitlinear(x, W[b + "attn_k.weight"], scale).reshape(T_, nkv, hd)
+        v = _bitlinear(x, W[b + "attn_v.weight"], scale).reshape(T_, nkv, hd)
+        q, k = _rope(q, pos), _rope(k, pos)
+        rep = nh // nkv
+        k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
+        att = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + mask
+        att = np.exp(att - att.max(-1, keepdims=True))
+        att /= att.sum(-1, keepdims=True)
+        o = np.einsum("hqk,khd->qhd", att, v).reshape(T_, e)
+        o = _rms(o, W[b + "attn_sub_norm.weight"])
+        h = h + _bitlinear(o, W[b + "attn_output.weight"], scale)
+        x = _rms(h, W[b + "ffn_norm.weight"])
+        g = _bitlinear(x, W[b + "ffn_gate.weight"], scale)
+        u = _bitlinear(x, W[b + "ffn_up.weight"], scale)
+        a = np.maximum(g, 0) ** 2 * u
+        a = _rms(a, W[b + "ffn_sub_norm.weight"])
+        h = h + _bitlinear(a, W[b + "ffn_down.weight"], scale)
+    h = _rms(h, W["output_norm.weight"])
+    return (h @ W["token_embd.weight"].T.astype(np.float64)).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_llama_quantize_writes_what_our_numpy_writes(tools, tmp_path):
+    """llama-quantize accepts I2_S; its tensors are byte-identical to gguf-py + our numpy class."""
+    import gguf
+    src = dummy.write(tmp_path / "tiny-f32.gguf", "tiny", "f32", embd_type_name="f32")
+    dst = tmp_path / "tiny-i2_s.gguf"
+    r = run([tools / "llama-quantize", src, dst, "I2_S"])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    a, b = gguf.GGUFReader(src), gguf.GGUFReader(dst)
+    n = 0
+    for ta in a.tensors:
+        tb = next(t for t in b.tensors if t.name == ta.name)
+        if tb.tensor_type == T.I2_S:
+            raw = np.memmap(dst, dtype=np.uint8, mode="r", offset=tb.data_offset, shape=(i2_s.nbytes(int(tb.n_elements)),))
+            assert raw.tobytes() == I2_S.quantize(np.asarray(ta.data, dtype=np.float32)).tobytes(), ta.name
+            n += 1
+    assert n == 7 * dummy.SHAPES["tiny"].n_layer
+    from bitnet_tools import load
+    assert "I2_S" in load(dst, n_ctx=64)._model.desc()
