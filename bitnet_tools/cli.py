@@ -43,20 +43,97 @@ def run_guarded(fn, *args, **kwargs):
 
 @app.command()
 def setup(
-    engine_only: bool = typer.Option(False, "--engine-only", help="Build the engine and stop (no demo model)."),
+    hf_repo: Optional[str] = typer.Option(None, "--hf-repo", "-hr", help="Hugging Face repo to download and convert, "
+                                          "e.g. microsoft/BitNet-b1.58-2B-4T-bf16."),
+    model_dir: Optional[Path] = typer.Option(None, "--model-dir", "-md", help="Convert this local checkpoint folder instead."),
+    quant: Optional[str] = typer.Option(None, "-q", "--quant-type", help="Weight type: i2_s (default), tq2_0, tq1_0, f16, bf16, f32."),
+    quant_embd: Optional[str] = typer.Option(None, "--quant-embd", help="Token embedding type: q6_k, q8_0, f16, f32 "
+                                             "(default: q6_k for large vocabularies, else f16)."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads for the verification run."),
+    outdir: Path = typer.Option(engine.ROOT / "models", "--outdir", "-o", help="Where converted models go."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Repo revision (branch, tag or commit)."),
+    engine_only: bool = typer.Option(False, "--engine-only", help="Build the engine and stop."),
     portable: bool = typer.Option(False, "--portable",
                                   help="Build for any CPU of this architecture (x86-64: AVX2, no AVX-512) "
                                        "instead of this machine's CPU."),
-    force: bool = typer.Option(False, "--force", help="Rebuild even if the cached build is current."),
+    force: bool = typer.Option(False, "--force", help="Rebuild the engine and re-convert even if nothing changed."),
 ):
-    """Build the patched engine (cached), then prepare and run the built-in demo model."""
+    """One shot: build the patched engine (cached), then download + convert + verify a model
+    (--hf-repo / --model-dir), or run the built-in demo model when neither is given."""
     result = run_guarded(engine.build, portable=portable, force=force, console=err)
     state = "built" if result["rebuilt"] else "up to date"
     console.print(f"engine {state}: flavor [bold]{result['flavor']}[/], build key {result['key']}")
     if engine_only:
         return
-    from . import demo
-    run_guarded(demo.run, console=console)
+    if hf_repo is None and model_dir is None:
+        from . import demo
+        run_guarded(demo.run, console=console)
+        return
+    if hf_repo and model_dir:
+        fail("give either --hf-repo or --model-dir, not both")
+
+    from . import hub
+    defaults = hub.defaults_for(hf_repo or "")
+    qtype = (quant or defaults.quant).lower()
+    if hf_repo:
+        if hf_repo not in hub.KNOWN_REPOS:
+            err.print(f"{hf_repo} is not a repo we know: trying it by its architecture")
+        try:
+            with err.status(f"downloading {hf_repo} (resumable)"):
+                src = hub.download(hf_repo, revision=revision)
+        except hub.HubError as e:
+            fail(str(e))
+        name = hf_repo.split("/")[-1]
+    else:
+        if not (model_dir / "config.json").is_file():
+            fail(f"{model_dir} has no config.json: point --model-dir at a Hugging Face checkpoint folder")
+        src, name = model_dir, model_dir.resolve().name
+    out = outdir / name / f"ggml-model-{qtype}.gguf"
+    if out.exists() and not force:
+        console.print(f"reusing {out} (already converted; --force to redo)")
+    else:
+        _convert(src, out, qtype, quant_embd or defaults.embd, force=False)
+    _verify(out, threads)
+
+
+def _convert(src: Path, out: Path, qtype: str, embd: Optional[str], force: bool) -> Path:
+    from rich.progress import Progress
+    from .convert import ConvertError, convert as convert_fn
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with Progress(console=err, transient=True) as progress:
+            task = progress.add_task(f"converting to {out.name}", total=None)
+            convert_fn(src, out, outtype=qtype, embd_type=embd, force=force,
+                       progress=lambda *a: progress.advance(task))
+    except ConvertError as e:
+        if _debug:
+            raise
+        fail(str(e))
+    except OSError as e:
+        if _debug:
+            raise
+        fail(f"writing {out} failed: {e.strerror or e} (nothing partial was left; free space and run again)")
+    console.print(f"converted: {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    return out
+
+
+def _verify(model: Path, threads: Optional[int]) -> None:
+    llm = _load(model, 512, threads)
+    out = llm("The capital of France is", max_tokens=16, temperature=0.0)
+    console.print(f"verification ({model.name}, greedy): {out['choices'][0]['text']!r}", highlight=False)
+
+
+@app.command()
+def convert(
+    model_dir: Path = typer.Argument(..., help="Hugging Face checkpoint folder (config.json + safetensors)."),
+    outfile: Path = typer.Option(..., "-o", "--outfile", help="Output GGUF."),
+    outtype: str = typer.Option("i2_s", "--outtype", help="i2_s, tq2_0, tq1_0, f16, bf16, f32."),
+    embd_type: Optional[str] = typer.Option(None, "--embd-type", help="q6_k, q8_0, f16, f32 (default: q6_k for large "
+                                            "vocabularies, else f16)."),
+    force: bool = typer.Option(False, "--force", help="Convert even if the weights are not ternary after scaling."),
+):
+    """Convert a BitNet b1.58 checkpoint to GGUF in one streaming pass."""
+    _convert(model_dir, outfile, outtype.lower(), embd_type, force)
 
 
 @app.command()
@@ -85,6 +162,137 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
     console.print(t)
     if not r["i2_s_known"]:
         raise typer.Exit(1)
+
+
+def _load(model: Path, ctx: int, threads: Optional[int], **kwargs):
+    from .runtime import ModelError, load
+    try:
+        return load(model, n_ctx=ctx, n_threads=threads, **kwargs)
+    except ModelError as e:
+        fail(str(e))
+    except ValueError as e:  # llama_cpp: "Failed to load model from file"
+        if _debug:
+            raise
+        fail(f"llama.cpp could not load {model}: {e} (is it a BitNet/llama GGUF of a type this build supports? "
+             "see 'bitnet info' and 'bitnet doctor')")
+
+
+def _chat(llm, temp: float, n: int, system: Optional[str]):
+    """Conversation on stdin/stdout with the model's chat template; an empty line or EOF ends it."""
+    messages = [{"role": "system", "content": system}] if system else []
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            console.print("[bold green]> [/]", end="")
+        line = sys.stdin.readline()
+        if not line or not line.strip():
+            break
+        messages.append({"role": "user", "content": line.strip()})
+        reply = []
+        for chunk in llm.create_chat_completion(messages=messages, temperature=temp, max_tokens=n, stream=True):
+            piece = chunk["choices"][0]["delta"].get("content")
+            if piece:
+                reply.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        messages.append({"role": "assistant", "content": "".join(reply)})
+
+
+@app.command()
+def infer(
+    model: Path = typer.Option(..., "-m", "--model", help="GGUF model."),
+    prompt: str = typer.Option("", "-p", "--prompt", help="Prompt (or system prompt with -cnv)."),
+    n: int = typer.Option(128, "-n", "--n-predict", help="Tokens to generate."),
+    temp: float = typer.Option(0.8, "--temp", help="Sampling temperature (0 = greedy)."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: physical cores)."),
+    ctx: int = typer.Option(2048, "-c", "--ctx-size", help="Context size."),
+    conversation: bool = typer.Option(False, "-cnv", "--conversation", help="Chat with the model's chat template."),
+    seed: int = typer.Option(-1, "--seed", help="Sampling seed (-1: random)."),
+):
+    """Generate text, streaming tokens as they come; -cnv for a conversation."""
+    llm = _load(model, ctx, threads, seed=seed if seed >= 0 else 0xFFFFFFFF)
+    if conversation:
+        _chat(llm, temp, n, prompt or None)
+        return
+    if not prompt:
+        fail("no prompt: give one with -p, or use -cnv for a conversation")
+    for chunk in llm(prompt, max_tokens=n, temperature=temp, stream=True):
+        sys.stdout.write(chunk["choices"][0]["text"])
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+@app.command()
+def chat(
+    model: Path = typer.Option(..., "-m", "--model", help="GGUF model."),
+    system: Optional[str] = typer.Option(None, "-s", "--system", help="System prompt."),
+    n: int = typer.Option(256, "-n", "--n-predict", help="Tokens per reply at most."),
+    temp: float = typer.Option(0.8, "--temp", help="Sampling temperature."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads"),
+    ctx: int = typer.Option(4096, "-c", "--ctx-size"),
+):
+    """Chat with a model (its chat template); one message per line, an empty line ends."""
+    llm = _load(model, ctx, threads)
+    _chat(llm, temp, n, system)
+
+
+@app.command()
+def serve(
+    model: Path = typer.Option(..., "-m", "--model", help="GGUF model."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8080, "--port"),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads"),
+    ctx: int = typer.Option(4096, "-c", "--ctx-size"),
+    alias: Optional[str] = typer.Option(None, "--alias", help="Model name clients use (default: file stem)."),
+):
+    """OpenAI-compatible server (/v1/chat/completions, /v1/completions) via llama-cpp-python's server."""
+    from .runtime import ModelError, check_model_file, physical_cores
+    try:
+        check_model_file(model)
+        import uvicorn
+        from llama_cpp.server.app import create_app
+        from llama_cpp.server.settings import ModelSettings, ServerSettings
+    except ModelError as e:
+        fail(str(e))
+    except ImportError as e:
+        fail(f"the server needs extra packages ({e.name}): pip install -e '.[server]'")
+    t = threads or physical_cores()
+    settings = ModelSettings(model=str(model), model_alias=alias or model.stem, n_ctx=ctx, n_threads=t,
+                             n_threads_batch=t, verbose=False)
+    app_ = create_app(server_settings=ServerSettings(host=host, port=port), model_settings=[settings])
+    err.print(f"serving {model.name} as '{settings.model_alias}' on http://{host}:{port}/v1")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def ppl(
+    model: Path = typer.Option(..., "-m", "--model", help="GGUF model."),
+    text: Path = typer.Option(..., "-f", "--file", help="Text file to measure perplexity on."),
+    ctx: int = typer.Option(512, "-c", "--ctx-size", help="Context per chunk."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads"),
+    chunks: int = typer.Option(-1, "--chunks", help="Chunks to evaluate (-1: all)."),
+):
+    """Perplexity of a model on a text, with llama.cpp's llama-perplexity from our build."""
+    import re
+    import subprocess
+    from .runtime import ModelError, check_model_file, physical_cores
+    try:
+        check_model_file(model)
+    except ModelError as e:
+        fail(str(e))
+    if not text.is_file():
+        fail(f"text file {text} does not exist: give a plain-text file with -f")
+    tools = _current_tools()
+    cmd = [str(tools / "llama-perplexity"), "-m", str(model), "-f", str(text), "-c", str(ctx),
+           "-t", str(threads or physical_cores()), "--chunks", str(chunks)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", r.stdout + r.stderr)
+    if r.returncode != 0 or not m:
+        tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        fail(f"llama-perplexity failed: {tail} (the text needs at least 2 x ctx tokens: try a smaller -c)")
+    console.print(f"perplexity of {model.name} on {text.name}: [bold]{float(m.group(1)):.4f}[/] ± {float(m.group(2)):.4f}")
 
 
 def _current_tools() -> Path:

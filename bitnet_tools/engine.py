@@ -210,7 +210,8 @@ def unpack(pin: Pin, sdist: Path) -> Path:
         shutil.rmtree(pin.source_dir)
     with tempfile.TemporaryDirectory(dir=VENDOR) as tmp:
         with tarfile.open(sdist) as tar:
-            tar.extractall(tmp, filter="data")
+            # the "data" filter refuses links and paths that leave the target (Python >= 3.10.12)
+            tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         src = Path(tmp) / pin.source_dir.name
         # the sdist ships llama.cpp's submodule pointer; it points nowhere and confuses git
         git_pointer = src / "vendor" / "llama.cpp" / ".git"
@@ -355,3 +356,26 @@ def build(portable: bool = False, force: bool = False, console=None) -> dict:
     tmp.write_text(json.dumps(stamp, indent=2))
     os.replace(tmp, stamp_path(flavor))
     return {"key": key, "flavor": flavor, "rebuilt": True, "log": str(log_path)}
+
+
+TEST_PROGRAMS = ["test-quantize-fns", "test-backend-ops"]
+
+
+def build_test_programs(flavor: str) -> Path:
+    """llama.cpp's test programs alone, for another flavor than the installed one (e.g. the
+    AVX2-only path on an AVX-512 machine). Cached by the same key as a full build."""
+    pin = read_pin()
+    key = build_key(pin, flavor)
+    stamp = BUILD / flavor / "tests-stamp.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("key") == key and \
+            all((tools_dir(flavor) / t).exists() for t in TEST_PROGRAMS):
+        return tools_dir(flavor)
+    check_toolchain()
+    (BUILD / flavor).mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)
+    with open(BUILD / flavor / "build.log", "w") as log:
+        unpack(pin, fetch_sdist(pin, log))
+        apply_patches(pin.llama_cpp_dir)
+        build_tools(pin, flavor, log, targets=TEST_PROGRAMS)
+    stamp.write_text(json.dumps({"key": key, "flavor": flavor}))
+    return tools_dir(flavor)
