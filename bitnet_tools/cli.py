@@ -15,7 +15,7 @@ from . import engine
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Ternary (BitNet b1.58) language models on CPUs, through a patched llama.cpp.")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # errors stay one line
 
 _debug = False
 
