@@ -639,5 +639,8 @@ def convert(model_dir, outfile, outtype: str = "i2_s", embd_type: str | None = N
         return write_gguf(outfile, fam.gguf_arch, kv, tensors, progress)
     except ConvertError:
         raise
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        raise ConvertError(f"writing {outfile} failed: {_one_line(e)} (nothing partial was left: "
+                           "free disk space and run again)") from e
+    except ValueError as e:
         raise ConvertError(f"writing {outfile} failed: {_one_line(e)}") from e
