@@ -270,29 +270,24 @@ def serve(
 def ppl(
     model: Path = typer.Option(..., "-m", "--model", help="GGUF model."),
     text: Path = typer.Option(..., "-f", "--file", help="Text file to measure perplexity on."),
-    ctx: int = typer.Option(512, "-c", "--ctx-size", help="Context per chunk."),
+    ctx: int = typer.Option(512, "-c", "--ctx-size", help="Context per chunk (the second half of each is scored)."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads"),
     chunks: int = typer.Option(-1, "--chunks", help="Chunks to evaluate (-1: all)."),
 ):
-    """Perplexity of a model on a text, with llama.cpp's llama-perplexity from our build."""
-    import re
-    import subprocess
-    from .runtime import ModelError, check_model_file, physical_cores
-    try:
-        check_model_file(model)
-    except ModelError as e:
-        fail(str(e))
+    """Perplexity of a model on a text, computed as llama.cpp's llama-perplexity does."""
+    from rich.progress import Progress
+    from .perplexity import perplexity
     if not text.is_file():
         fail(f"text file {text} does not exist: give a plain-text file with -f")
-    tools = _current_tools()
-    cmd = [str(tools / "llama-perplexity"), "-m", str(model), "-f", str(text), "-c", str(ctx),
-           "-t", str(threads or physical_cores()), "--chunks", str(chunks)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", r.stdout + r.stderr)
-    if r.returncode != 0 or not m:
-        tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        fail(f"llama-perplexity failed: {tail} (the text needs at least 2 x ctx tokens: try a smaller -c)")
-    console.print(f"perplexity of {model.name} on {text.name}: [bold]{float(m.group(1)):.4f}[/] ± {float(m.group(2)):.4f}")
+    llm = _load(model, ctx, threads, logits_all=True)
+    try:
+        with Progress(console=err, transient=True) as progress:
+            task = progress.add_task("perplexity", total=None)
+            value, stderr = perplexity(llm, text.read_text(errors="replace"), ctx, chunks,
+                                       progress=lambda i, n: progress.update(task, completed=i, total=n))
+    except ValueError as e:
+        fail(str(e))
+    console.print(f"perplexity of {model.name} on {text.name}: [bold]{value:.4f}[/] ± {stderr:.4f}")
 
 
 def _current_tools() -> Path:

@@ -138,20 +138,11 @@ def tensors(shape: Shape, qtype: T, embd_type: T, seed: int = 0) -> list[Pending
     return out
 
 
-def write(path: Path, shape_name: str, qtype_name: str, embd_type_name: str = "q6_k", seed: int = 0,
-          progress: Callable[[str], None] | None = None) -> Path:
-    if shape_name not in SHAPES:
-        raise ValueError(f"unknown shape {shape_name!r}: choose one of {', '.join(SHAPES)}")
-    if qtype_name not in TERNARY_TYPES:
-        raise ValueError(f"unknown type {qtype_name!r}: choose one of {', '.join(TERNARY_TYPES)}")
-    if embd_type_name not in EMBEDDING_TYPES:
-        raise ValueError(f"unknown embedding type {embd_type_name!r}: choose one of {', '.join(EMBEDDING_TYPES)}")
-    shape, qtype, embd_type = SHAPES[shape_name], TERNARY_TYPES[qtype_name], EMBEDDING_TYPES[embd_type_name]
-    ts = tensors(shape, qtype, embd_type, seed)
-
+def metadata(shape: Shape, name: str, file_type: int) -> Callable[[gguf.GGUFWriter], None]:
+    """The KV metadata of a bitnet-b1.58 model of this shape with the dummy vocabulary."""
     def kv(w: gguf.GGUFWriter):
-        w.add_name(f"bitnet-dummy-{shape_name}")
-        w.add_file_type(int(gguf.LlamaFileType.MOSTLY_I2_S) if qtype == T.I2_S else 0)
+        w.add_name(name)
+        w.add_file_type(file_type)
         w.add_context_length(4096)
         w.add_embedding_length(shape.n_embd)
         w.add_block_count(shape.n_layer)
@@ -171,5 +162,19 @@ def write(path: Path, shape_name: str, qtype_name: str, embd_type_name: str = "q
         w.add_eos_token_id(2)
         w.add_unk_token_id(0)
         w.add_add_bos_token(True)
+    return kv
 
-    return write_gguf(path, ARCH, kv, ts, progress)
+
+def write(path: Path, shape_name: str, qtype_name: str, embd_type_name: str = "q6_k", seed: int = 0,
+          progress: Callable[[str], None] | None = None) -> Path:
+    if shape_name not in SHAPES:
+        raise ValueError(f"unknown shape {shape_name!r}: choose one of {', '.join(SHAPES)}")
+    if qtype_name not in TERNARY_TYPES:
+        raise ValueError(f"unknown type {qtype_name!r}: choose one of {', '.join(TERNARY_TYPES)}")
+    if embd_type_name not in EMBEDDING_TYPES:
+        raise ValueError(f"unknown embedding type {embd_type_name!r}: choose one of {', '.join(EMBEDDING_TYPES)}")
+    shape, qtype, embd_type = SHAPES[shape_name], TERNARY_TYPES[qtype_name], EMBEDDING_TYPES[embd_type_name]
+    ts = tensors(shape, qtype, embd_type, seed)
+
+    file_type = int(gguf.LlamaFileType.MOSTLY_I2_S) if qtype == T.I2_S else 0
+    return write_gguf(path, ARCH, metadata(shape, f"bitnet-dummy-{shape_name}", file_type), ts, progress)

@@ -174,30 +174,12 @@ def test_file_built_by_hand_loads_and_matches_our_writer(tmp_path):
     by_hand = tmp_path / "by-hand-i2_s.gguf"
     _write_by_hand(by_hand, shape, weights, scale)
 
-    def kv(w):
-        w.add_file_type(200)
-        w.add_context_length(512)
-        w.add_embedding_length(shape.n_embd)
-        w.add_block_count(shape.n_layer)
-        w.add_feed_forward_length(shape.n_ff)
-        w.add_head_count(shape.n_head)
-        w.add_head_count_kv(shape.n_head_kv)
-        w.add_rope_freq_base(500000.0)
-        w.add_layer_norm_rms_eps(1e-5)
-        tokens, scores, types = dummy.vocab(shape.n_vocab)
-        w.add_tokenizer_model("llama")
-        w.add_token_list(tokens)
-        w.add_token_scores(scores)
-        w.add_token_types(types)
-        w.add_bos_token_id(1)
-        w.add_eos_token_id(2)
-
     def pending(name, kind, value):
         if kind == "i2_s":  # as the converter does: ternary values times the scale, quantized by our class
             return PendingTensor(name, value.shape, T.I2_S, lambda: I2_S.quantize(value.astype(np.float32) * np.float32(scale)))
         return PendingTensor(name, value.shape, T.F32, lambda: value)
 
-    ours = write_gguf(tmp_path / "ours-i2_s.gguf", "bitnet-b1.58", kv,
+    ours = write_gguf(tmp_path / "ours-i2_s.gguf", "bitnet-b1.58", dummy.metadata(shape, "ours", 200),
                       [pending(n, k, v) for n, (k, v) in weights.items()])
 
     from bitnet_tools import load
