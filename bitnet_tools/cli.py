@@ -422,13 +422,18 @@ def bench(
     paths = {k: outdir / f"{stem}.{k}" for k in ("json", "csv", "png")}
     b.write_outputs(results, command, paths["json"], paths["csv"], paths["png"])
 
-    table = Table(title=f"bitnet bench ({command})")
-    for col in ("type", "engine", "thr", "test", "t/s", "MiB", "bpw", "peak RSS MiB", "J/token", "energy"):
-        table.add_column(col, justify="left" if col in ("type", "engine", "test", "energy") else "right")
+    measured = all(r.energy_source.startswith("measured") for r in results)
+    show_engine = baseline is not None
+    table = Table(title=command)
+    cols = ["type"] + (["engine"] if show_engine else []) + ["thr", "test", "t/s", "±", "MiB", "bpw", "RSS MiB",
+                                                             "J/tok" if measured else "J/tok (est.)"]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("type", "engine", "test") else "right", no_wrap=True)
     for r in results:
-        table.add_row(r.type + (" *" if r.ours else ""), r.engine, str(r.threads), r.test,
-                      f"{r.tps_mean:.2f} ± {r.tps_sd:.2f}", f"{r.size_bytes / 2**20:.0f}", f"{r.bpw:.2f}",
-                      f"{r.peak_rss_mib:.0f}", f"{r.energy_j_per_token:.3f}", r.energy_source.split(":")[0])
+        row = [r.type + ("*" if r.ours else "")] + ([r.engine] if show_engine else [])
+        row += [str(r.threads), r.test, f"{r.tps_mean:.2f}", f"{r.tps_sd:.2f}", f"{r.size_bytes / 2**20:.0f}",
+                f"{r.bpw:.2f}", f"{r.peak_rss_mib:.0f}", f"{r.energy_j_per_token:.3f}"]
+        table.add_row(*row)
     console.print(table)
     sp = b.speedups(results)
     if sp:
