@@ -92,3 +92,19 @@ def test_tiny_bench_end_to_end(tmp_path, tools):
         im.verify()
     if not bench.rapl_domains():
         assert "ESTIMATED" in r.stdout
+
+
+@pytest.mark.slow
+def test_baseline_build_runs_the_stock_types_too(tmp_path, tools):
+    """--baseline points at another llama-bench (a stock build); here our own binary stands in.
+    Stock types then appear twice (our build and the baseline), ours once."""
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "bitnet_tools.cli", "bench", "-t", "1", "--shape", "tiny",
+                        "--types", "i2_s,tq2_0", "-p", "16", "-n", "4", "-r", "1", "--baseline",
+                        str(tools / "llama-bench"), "--outdir", str(out), "--models-dir", str(tmp_path / "m")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads((out / "bench-tiny.json").read_text())
+    engines = sorted((x["type"], x["engine"]) for x in doc["results"] if x["test"] == "tg4")
+    assert engines == [("i2_s", "bitnet-tools"), ("tq2_0", "bitnet-tools"), ("tq2_0", "stock")]
+    assert {s["stock_engine"] for s in doc["speedups"]} == {"bitnet-tools", "stock"}
