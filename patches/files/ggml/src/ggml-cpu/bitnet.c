@@ -14,7 +14,7 @@ static size_t i8_s_row_stride(int64_t n) {
     return GGML_PAD(I8_S_ROW_SIZE(n), 64);
 }
 
-void quantize_row_i8_s(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
+void quantize_row_i8_s_generic(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
     quantize_row_i8_s_ref(x, y, k);
 }
 
@@ -64,6 +64,8 @@ size_t ggml_bitnet_mul_mat_wsize(const struct ggml_tensor * dst) {
 
 // Weight rows per task: a multiple of the kernels' row tile, so that tiles stay whole.
 #define BITNET_ROW_TILE 16
+// Longest activation row quantized into a per-thread stack buffer when there is one row.
+#define BITNET_GEMV_MAXK 16384
 
 void ggml_bitnet_mul_mat(const struct ggml_compute_params * params, struct ggml_tensor * dst) {
     const struct ggml_tensor * src0 = dst->src[0];
@@ -87,12 +89,38 @@ void ggml_bitnet_mul_mat(const struct ggml_compute_params * params, struct ggml_
     GGML_ASSERT(params->wsize >= ggml_bitnet_mul_mat_wsize(dst));
 
     const int64_t nrows1 = ne11*ne12*ne13;
+    void (* const quantize)(const float * GGML_RESTRICT, void * GGML_RESTRICT, int64_t) =
+        params->use_ref ? quantize_row_i8_s_generic : quantize_row_i8_s;
+
+    const int64_t rows_per_th = GGML_PAD((ne01 + nth - 1) / nth, BITNET_ROW_TILE);
+    const int64_t ir0 = rows_per_th * ith;
+    const int64_t ir1 = MIN(ir0 + rows_per_th, ne01);
+
+    if (nrows1 == 1 && ne02 == 1 && ne03 == 1 && ne10 <= BITNET_GEMV_MAXK) {
+        // one activation row (token generation): each thread quantizes it into its own buffer,
+        // which is cheap next to its slice of the weights and saves a barrier
+        if (ir0 >= ir1) {
+            return;
+        }
+        int64_t ybuf[(BITNET_GEMV_MAXK + 64) / sizeof(int64_t)];
+        const float wscale = ggml_i2_s_scale(src0->data, ggml_nelements(src0));
+        quantize((const float *) src1->data, ybuf, ne10);
+        const char * x = (const char *) src0->data + ir0*nb01;
+        float      * s = (float *) dst->data + ir0;
+        if (params->use_ref) {
+            ggml_gemm_i2_s_i8_s_generic((int) ne00, s, nb1/sizeof(float), x, nb01, ybuf, 0, (int)(ir1 - ir0), 1, wscale);
+        } else {
+            ggml_gemm_i2_s_i8_s((int) ne00, s, nb1/sizeof(float), x, nb01, ybuf, 0, (int)(ir1 - ir0), 1, wscale);
+        }
+        return;
+    }
+
     for (int64_t r = ith; r < nrows1; r += nth) {
         const int64_t i13 = r / (ne11*ne12);
         const int64_t i12 = (r / ne11) % ne12;
         const int64_t i11 = r % ne11;
         const float * x = (const float *) ((const char *) src1->data + i11*nb11 + i12*nb12 + i13*nb13);
-        quantize_row_i8_s(x, wdata + r*stride, ne10);
+        quantize(x, wdata + r*stride, ne10);
     }
     ggml_barrier(params->threadpool);
 
@@ -100,9 +128,6 @@ void ggml_bitnet_mul_mat(const struct ggml_compute_params * params, struct ggml_
     // one scale for the whole tensor, after the codes of all its rows
     const float wscale = ggml_i2_s_scale(src0->data, ggml_nelements(src0));
 
-    const int64_t rows_per_th = GGML_PAD((ne01 + nth - 1) / nth, BITNET_ROW_TILE);
-    const int64_t ir0 = rows_per_th * ith;
-    const int64_t ir1 = MIN(ir0 + rows_per_th, ne01);
     if (ir0 >= ir1) {
         return;
     }

@@ -18,6 +18,7 @@ struct ggml_compute_params;
 
 // activations: one row of k floats -> I8_S row (int8 q[k], float d, int32 sum)
 void quantize_row_i8_s(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
+void quantize_row_i8_s_generic(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
 
 // vec_dot in ggml's signature: vx = n I2_S codes followed by their tail scale (a whole test
 // vector), vy = one I8_S row. Used by test-quantize-fns; mul_mat uses the GEMM below.
@@ -39,6 +40,7 @@ size_t ggml_bitnet_mul_mat_wsize(const struct ggml_tensor * dst);
 
 // Architectures without their own file use the generic kernels.
 #if !(defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86))
+#define quantize_row_i8_s_generic      quantize_row_i8_s
 #define ggml_vec_dot_i2_s_i8_s_generic ggml_vec_dot_i2_s_i8_s
 #define ggml_gemm_i2_s_i8_s_generic    ggml_gemm_i2_s_i8_s
 #endif

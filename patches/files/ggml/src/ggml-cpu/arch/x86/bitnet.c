@@ -14,6 +14,7 @@
 #include "ggml-cpu-impl.h"
 #include "../../bitnet.h"
 
+#include <math.h>
 #include <string.h>
 
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -36,6 +37,94 @@ static inline int32_t bitnet_row_sum(const int8_t * q, int n) {
     int32_t s;
     memcpy(&s, q + n + sizeof(float), sizeof(int32_t));
     return s;
+}
+
+// Activation quantization, bit-identical to quantize_row_i8_s_ref: the same float operations
+// (max |x| ignoring NaN like fmaxf, iscale = 127 / fmaxf(amax, 1e-5f), x * iscale rounded to
+// nearest-even by cvtps2dq under the default MXCSR mode = nearbyintf, clamp to [-128, 127]).
+void quantize_row_i8_s(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, int64_t k) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    int8_t * q = (int8_t *) vy;
+    const __m512 sign = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    __m512 vmax = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        // max(|x|, acc) returns acc when |x| is NaN, as fmaxf does
+        vmax = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(x + i), sign), vmax);
+    }
+    float amax = _mm512_reduce_max_ps(vmax);
+    for (; i < k; ++i) {
+        amax = fmaxf(amax, fabsf(x[i]));
+    }
+    const float iscale = 127.0f / fmaxf(amax, 1e-5f);
+    const __m512  vs   = _mm512_set1_ps(iscale);
+    const __m512i lo   = _mm512_set1_epi32(-128);
+    const __m512i hi   = _mm512_set1_epi32(127);
+    __m512i vsum = _mm512_setzero_si512();
+    for (i = 0; i + 16 <= k; i += 16) {
+        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), vs));
+        v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
+        vsum = _mm512_add_epi32(vsum, v);
+        _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(v));
+    }
+    int32_t sum = _mm512_reduce_add_epi32(vsum);
+    for (; i < k; ++i) {
+        const float v  = nearbyintf(x[i] * iscale);
+        const int   qi = v > 127.0f ? 127 : v < -128.0f ? -128 : (int) v;
+        q[i] = (int8_t) qi;
+        sum += qi;
+    }
+    const float d = 1.0f / iscale;
+    memcpy(q + k, &d, sizeof(float));
+    memcpy(q + k + sizeof(float), &sum, sizeof(int32_t));
+#elif defined(__AVX2__)
+    int8_t * q = (int8_t *) vy;
+    const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 vmax = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+        vmax = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + i), sign), vmax);
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float amax = _mm_cvtss_f32(m4);
+    for (; i < k; ++i) {
+        amax = fmaxf(amax, fabsf(x[i]));
+    }
+    const float iscale = 127.0f / fmaxf(amax, 1e-5f);
+    const __m256  vs   = _mm256_set1_ps(iscale);
+    const __m256i lo   = _mm256_set1_epi32(-128);
+    const __m256i hi   = _mm256_set1_epi32(127);
+    const __m256i shuf = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    __m256i vsum = _mm256_setzero_si256();
+    for (i = 0; i + 8 <= k; i += 8) {
+        __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs));
+        v = _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
+        vsum = _mm256_add_epi32(vsum, v);
+        const __m256i b = _mm256_shuffle_epi8(v, shuf);
+        const int32_t b0 = _mm256_extract_epi32(b, 0);
+        const int32_t b1 = _mm256_extract_epi32(b, 4);
+        memcpy(q + i, &b0, 4);
+        memcpy(q + i + 4, &b1, 4);
+    }
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(vsum), _mm256_extracti128_si256(vsum, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+    int32_t sum = _mm_cvtsi128_si32(s4);
+    for (; i < k; ++i) {
+        const float v  = nearbyintf(x[i] * iscale);
+        const int   qi = v > 127.0f ? 127 : v < -128.0f ? -128 : (int) v;
+        q[i] = (int8_t) qi;
+        sum += qi;
+    }
+    const float d = 1.0f / iscale;
+    memcpy(q + k, &d, sizeof(float));
+    memcpy(q + k + sizeof(float), &sum, sizeof(int32_t));
+#else
+    quantize_row_i8_s_generic(x, vy, k);
+#endif
 }
 
 // activation columns per L2 block: ~384 KiB of int8 values, at least one column tile
@@ -101,6 +190,179 @@ BITNET_INLINE void bitnet_tile512(int ng, float * GGML_RESTRICT s, size_t bs,
             const int32_t isum = bitnet_hsum512(acc[r][c]) - sq;
             s[c*bs + r] = (float) isum * d * wscale;
         }
+    }
+}
+
+// nc == 1 (token generation): weights stream through once, so the kernel is bound by how fast
+// code bytes are consumed. Rows are read 64 bytes (two groups) per load; the activation row is
+// first rearranged (once per call) so that each zmm of codes pairs with ready-made vectors:
+//   a[0] = q[g][0..31]   | q[g+1][0..31]    with  x & 0xC0         (x 64)
+//   a[1] = q[g][32..63]  | q[g+1][32..63]   with  x & 0x30         (x 16)
+//   a[2] = q[g][64..95]  | q[g+1][64..95]   with  (x << 4) & 0xC0  (x 64)
+//   a[3] = q[g][96..127] | q[g+1][96..127]  with  (x << 4) & 0x30  (x 16)
+// Two accumulators per row (x64 and x16 lanes) are shifted back exactly before the sum.
+#define BITNET_GEMV_MAXN 32768
+#ifndef BITNET_GEMV_R
+#define BITNET_GEMV_R    4
+#endif
+#ifndef BITNET_GEMV_PF
+#define BITNET_GEMV_PF   1     // software prefetch distance in tiles (0: none)
+#endif
+
+BITNET_INLINE void bitnet_gemv_tile512(int ng, float * GGML_RESTRICT s, const uint8_t * GGML_RESTRICT x, size_t bx,
+                                       const __m512i * GGML_RESTRICT a, int32_t sq, float d, float wscale, const int R, const int pf) {
+    const __m512i m6 = _mm512_set1_epi8((char) 0xC0);
+    const __m512i m4 = _mm512_set1_epi8(0x30);
+    const int     np = ng / 2;
+    __m512i acc6[BITNET_GEMV_R], acc4[BITNET_GEMV_R];
+    for (int r = 0; r < R; ++r) {
+        acc6[r] = _mm512_setzero_si512();
+        acc4[r] = _mm512_setzero_si512();
+    }
+    for (int p = 0; p < np; ++p) {
+        const __m512i a0 = _mm512_load_si512(a + 4*p + 0);
+        const __m512i a1 = _mm512_load_si512(a + 4*p + 1);
+        const __m512i a2 = _mm512_load_si512(a + 4*p + 2);
+        const __m512i a3 = _mm512_load_si512(a + 4*p + 3);
+        for (int r = 0; r < R; ++r) {
+            if (pf) {
+                _mm_prefetch((const char *)(x + (r + pf*R)*bx + p*64), _MM_HINT_T0);
+            }
+            const __m512i v  = _mm512_loadu_si512((const void *)(x + r*bx + p*64));
+            const __m512i v4 = _mm512_slli_epi64(v, 4);
+            acc6[r] = _mm512_dpbusd_epi32(acc6[r], _mm512_and_si512(v,  m6), a0);
+            acc4[r] = _mm512_dpbusd_epi32(acc4[r], _mm512_and_si512(v,  m4), a1);
+            acc6[r] = _mm512_dpbusd_epi32(acc6[r], _mm512_and_si512(v4, m6), a2);
+            acc4[r] = _mm512_dpbusd_epi32(acc4[r], _mm512_and_si512(v4, m4), a3);
+        }
+    }
+    if (ng & 1) {
+        // an odd last group: 32 code bytes, zero-extended, against activations whose upper half is 0
+        const __m512i a0 = _mm512_load_si512(a + 4*np + 0);
+        const __m512i a1 = _mm512_load_si512(a + 4*np + 1);
+        const __m512i a2 = _mm512_load_si512(a + 4*np + 2);
+        const __m512i a3 = _mm512_load_si512(a + 4*np + 3);
+        for (int r = 0; r < R; ++r) {
+            const __m512i v  = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(x + r*bx + np*64)));
+            const __m512i v4 = _mm512_slli_epi64(v, 4);
+            acc6[r] = _mm512_dpbusd_epi32(acc6[r], _mm512_and_si512(v,  m6), a0);
+            acc4[r] = _mm512_dpbusd_epi32(acc4[r], _mm512_and_si512(v,  m4), a1);
+            acc6[r] = _mm512_dpbusd_epi32(acc6[r], _mm512_and_si512(v4, m6), a2);
+            acc4[r] = _mm512_dpbusd_epi32(acc4[r], _mm512_and_si512(v4, m4), a3);
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        const int32_t isum = _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_srai_epi32(acc6[r], 6), _mm512_srai_epi32(acc4[r], 4))) - sq;
+        s[r] = (float) isum * d * wscale;
+    }
+}
+
+#if defined(__GNUC__) && !defined(BITNET_GEMV_NO_ASM)
+// The same 4-row step in inline asm: GCC's allocation of the intrinsic version adds copies
+// and spills around vpdpbusd. Eight accumulator chains (two per row); activations are
+// memory operands; pl walks the next tile's bytes linearly, one line per row and step.
+#define BITNET_GEMV_ASM_ROW(XR, A6, A4)                 \
+    "vmovdqu64 " XR ", %%zmm28\n\t"                     \
+    "vpsllq    $4, %%zmm28, %%zmm29\n\t"                \
+    "vpandd    %%zmm28, %[m6], %%zmm30\n\t"             \
+    "vpdpbusd  (%[a]), %%zmm30, %[" A6 "]\n\t"          \
+    "vpandd    %%zmm28, %[m4], %%zmm31\n\t"             \
+    "vpdpbusd  64(%[a]), %%zmm31, %[" A4 "]\n\t"        \
+    "vpandd    %%zmm29, %[m6], %%zmm30\n\t"             \
+    "vpdpbusd  128(%[a]), %%zmm30, %[" A6 "]\n\t"       \
+    "vpandd    %%zmm29, %[m4], %%zmm31\n\t"             \
+    "vpdpbusd  192(%[a]), %%zmm31, %[" A4 "]\n\t"
+
+static void bitnet_gemv_tile4_asm(int ng, float * GGML_RESTRICT s, const uint8_t * GGML_RESTRICT x, size_t bx,
+                                  const __m512i * GGML_RESTRICT a, int32_t sq, float d, float wscale) {
+    const __m512i m6 = _mm512_set1_epi8((char) 0xC0);
+    const __m512i m4 = _mm512_set1_epi8(0x30);
+    const int     np = ng / 2;
+    __m512i c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512(), c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
+    __m512i e0 = _mm512_setzero_si512(), e1 = _mm512_setzero_si512(), e2 = _mm512_setzero_si512(), e3 = _mm512_setzero_si512();
+    if (np > 0) {
+        const uint8_t * x0 = x;
+        const __m512i * ap = a;
+        const uint8_t * pl = x + (size_t) BITNET_GEMV_PF * 4 * bx;
+        size_t          b3 = 3*bx;
+        size_t          cnt = (size_t) np;
+        __asm__ volatile(
+            "1:\n\t"
+            "prefetcht0 (%[pl])\n\t"
+            "prefetcht0 64(%[pl])\n\t"
+            "prefetcht0 128(%[pl])\n\t"
+            "prefetcht0 192(%[pl])\n\t"
+            BITNET_GEMV_ASM_ROW("(%[x0])",           "c0", "e0")
+            BITNET_GEMV_ASM_ROW("(%[x0],%[bx])",     "c1", "e1")
+            BITNET_GEMV_ASM_ROW("(%[x0],%[bx],2)",   "c2", "e2")
+            BITNET_GEMV_ASM_ROW("(%[x0],%[b3])",     "c3", "e3")
+            "add  $64, %[x0]\n\t"
+            "add  $256, %[a]\n\t"
+            "add  $256, %[pl]\n\t"
+            "dec  %[cnt]\n\t"
+            "jnz  1b\n\t"
+            : [c0] "+v" (c0), [c1] "+v" (c1), [c2] "+v" (c2), [c3] "+v" (c3),
+              [e0] "+v" (e0), [e1] "+v" (e1), [e2] "+v" (e2), [e3] "+v" (e3),
+              [x0] "+r" (x0), [a] "+r" (ap), [pl] "+r" (pl), [cnt] "+r" (cnt)
+            : [m6] "v" (m6), [m4] "v" (m4), [bx] "r" (bx), [b3] "r" (b3)
+            : "cc", "memory", "xmm28", "xmm29", "xmm30", "xmm31");
+    }
+    __m512i acc6[4] = { c0, c1, c2, c3 };
+    __m512i acc4[4] = { e0, e1, e2, e3 };
+    if (ng & 1) {
+        const __m512i a0 = _mm512_load_si512(a + 4*np + 0);
+        const __m512i a1 = _mm512_load_si512(a + 4*np + 1);
+        const __m512i a2 = _mm512_load_si512(a + 4*np + 2);
+        const __m512i a3 = _mm512_load_si512(a + 4*np + 3);
+        for (int r = 0; r < 4; ++r) {
+            const __m512i vv = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(x + r*bx + np*64)));
+            const __m512i v4 = _mm512_slli_epi64(vv, 4);
+            acc6[r] = _mm512_dpbusd_epi32(acc6[r], _mm512_and_si512(vv, m6), a0);
+            acc4[r] = _mm512_dpbusd_epi32(acc4[r], _mm512_and_si512(vv, m4), a1);
+            acc6[r] = _mm512_dpbusd_epi32(acc6[r], _mm512_and_si512(v4, m6), a2);
+            acc4[r] = _mm512_dpbusd_epi32(acc4[r], _mm512_and_si512(v4, m4), a3);
+        }
+    }
+    for (int r = 0; r < 4; ++r) {
+        const int32_t isum = _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_srai_epi32(acc6[r], 6), _mm512_srai_epi32(acc4[r], 4))) - sq;
+        s[r] = (float) isum * d * wscale;
+    }
+}
+#define BITNET_GEMV_TILE4 bitnet_gemv_tile4_asm
+#endif
+
+static void bitnet_gemv512(int n, float * GGML_RESTRICT s, const uint8_t * GGML_RESTRICT x, size_t bx,
+                           const int8_t * GGML_RESTRICT y, int nr, float wscale) {
+    const int ng = n / QK_I2_S;
+    const int np = ng / 2;
+    __m512i a[BITNET_GEMV_MAXN / 64 + 4];
+    for (int p = 0; p < np; ++p) {
+        const int8_t * q = y + p*2*QK_I2_S;
+        for (int k = 0; k < 4; ++k) {
+            a[4*p + k] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(q + 32*k))),
+                                            _mm256_loadu_si256((const __m256i *)(q + QK_I2_S + 32*k)), 1);
+        }
+    }
+    if (ng & 1) {
+        const int8_t * q = y + (ng - 1)*QK_I2_S;
+        for (int k = 0; k < 4; ++k) {
+            a[4*np + k] = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(q + 32*k)));
+        }
+    }
+    const int32_t sq = bitnet_row_sum(y, n);
+    const float   d  = bitnet_row_d(y, n);
+    int r0 = 0;
+#if defined(BITNET_GEMV_TILE4)
+    for (; r0 + 4 <= nr; r0 += 4) {
+        BITNET_GEMV_TILE4(ng, s + r0, x + r0*bx, bx, a, sq, d, wscale);
+    }
+#else
+    for (; r0 + BITNET_GEMV_R <= nr; r0 += BITNET_GEMV_R) {
+        bitnet_gemv_tile512(ng, s + r0, x + r0*bx, bx, a, sq, d, wscale, BITNET_GEMV_R, BITNET_GEMV_PF);
+    }
+#endif
+    for (; r0 < nr; ++r0) {
+        bitnet_gemv_tile512(ng, s + r0, x + r0*bx, bx, a, sq, d, wscale, 1, 0);
     }
 }
 
@@ -212,6 +474,12 @@ void ggml_gemm_i2_s_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void *
     const uint8_t * x  = (const uint8_t *) vx;
     const int8_t  * y  = (const int8_t *) vy;
     const int       cb = bitnet_col_block(n);
+#if defined(BITNET_GEMV_MAXN)
+    if (nc == 1 && n <= BITNET_GEMV_MAXN) {
+        bitnet_gemv512(n, s, x, bx, y, nr, wscale);
+        return;
+    }
+#endif
     for (int c0 = 0; c0 < nc; c0 += cb) {           // columns: L2-sized blocks
         const int c1 = c0 + cb < nc ? c0 + cb : nc;
         for (int r0 = 0; r0 < nr; r0 += BITNET_R) { // rows: the tile's codes stay in L1 ...
