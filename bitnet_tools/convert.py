@@ -532,16 +532,12 @@ def _plan(ckpt: Checkpoint, fam: Family, hp: HParams, src: Source, qtype: T, emb
 
     for il in range(hp.n_layer):
         base = f"model.layers.{il}."
-        for leaf, gname in NORMS.items():
+        for leaf, gname in {**NORMS, **sub_norms}.items():
             nm = base + leaf + ".weight"
             if nm not in ckpt:
-                raise ConvertError(f"{nm} is missing: incomplete checkpoint (fetch all *.safetensors files)")
-            norm(nm, f"blk.{il}.{gname}.weight", expect_norm[gname])
-            seen.add(nm)
-        for leaf, gname in sub_norms.items():
-            nm = base + leaf + ".weight"
-            if nm not in ckpt:
-                raise ConvertError(f"{nm} is missing: not a {fam.name} checkpoint, or incomplete")
+                why = (f"not a {fam.name} checkpoint, or incomplete" if leaf in sub_norms
+                       else "incomplete checkpoint (fetch all *.safetensors files)")
+                raise ConvertError(f"{nm} is missing: {why}")
             norm(nm, f"blk.{il}.{gname}.weight", expect_norm[gname])
             seen.add(nm)
         for leaf, role in LINEARS.items():

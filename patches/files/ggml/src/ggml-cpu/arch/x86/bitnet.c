@@ -39,6 +39,23 @@ static inline int32_t bitnet_row_sum(const int8_t * q, int n) {
     return s;
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) || defined(__AVX2__)
+// the elements after the last whole vector, and the row's tail (d, sum), exactly as the
+// reference quantize_row_i8_s_ref does them
+static inline void i8_s_finish_row(const float * GGML_RESTRICT x, int8_t * GGML_RESTRICT q, int64_t i, int64_t k,
+                                   float iscale, int32_t sum) {
+    for (; i < k; ++i) {
+        const float v  = nearbyintf(x[i] * iscale);
+        const int   qi = v > 127.0f ? 127 : v < -128.0f ? -128 : (int) v;
+        q[i] = (int8_t) qi;
+        sum += qi;
+    }
+    const float d = 1.0f / iscale;
+    memcpy(q + k, &d, sizeof(float));
+    memcpy(q + k + sizeof(float), &sum, sizeof(int32_t));
+}
+#endif
+
 // Activation quantization, bit-identical to quantize_row_i8_s_ref: the same float operations
 // (max |x| ignoring NaN like fmaxf, iscale = 127 / fmaxf(amax, 1e-5f), x * iscale rounded to
 // nearest-even by cvtps2dq under the default MXCSR mode = nearbyintf, clamp to [-128, 127]).
@@ -68,15 +85,7 @@ void quantize_row_i8_s(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, i
         _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(v));
     }
     int32_t sum = _mm512_reduce_add_epi32(vsum);
-    for (; i < k; ++i) {
-        const float v  = nearbyintf(x[i] * iscale);
-        const int   qi = v > 127.0f ? 127 : v < -128.0f ? -128 : (int) v;
-        q[i] = (int8_t) qi;
-        sum += qi;
-    }
-    const float d = 1.0f / iscale;
-    memcpy(q + k, &d, sizeof(float));
-    memcpy(q + k + sizeof(float), &sum, sizeof(int32_t));
+    i8_s_finish_row(x, q, i, k, iscale, sum);
 #elif defined(__AVX2__)
     int8_t * q = (int8_t *) vy;
     const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -113,15 +122,7 @@ void quantize_row_i8_s(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, i
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
     int32_t sum = _mm_cvtsi128_si32(s4);
-    for (; i < k; ++i) {
-        const float v  = nearbyintf(x[i] * iscale);
-        const int   qi = v > 127.0f ? 127 : v < -128.0f ? -128 : (int) v;
-        q[i] = (int8_t) qi;
-        sum += qi;
-    }
-    const float d = 1.0f / iscale;
-    memcpy(q + k, &d, sizeof(float));
-    memcpy(q + k + sizeof(float), &sum, sizeof(int32_t));
+    i8_s_finish_row(x, q, i, k, iscale, sum);
 #else
     quantize_row_i8_s_generic(x, vy, k);
 #endif
