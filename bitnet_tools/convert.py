@@ -30,7 +30,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from . import quants  # noqa: F401  (registers I2_S with gguf-py)
 from .models import Family, families, for_architecture
-from .writer import EMBEDDING_TYPES, TERNARY_TYPES, PendingTensor, encode, write_gguf
+from .writer import EMBEDDING_TYPES, FILE_TYPES, TERNARY_TYPES, PendingTensor, encode, write_gguf
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,6 @@ class ConvertError(Exception):
     """A checkpoint the converter cannot (or will not) convert; the message says why and what to do."""
 
 
-FILE_TYPES = {
-    T.F32: gguf.LlamaFileType.ALL_F32, T.F16: gguf.LlamaFileType.MOSTLY_F16,
-    T.BF16: gguf.LlamaFileType.MOSTLY_BF16, T.TQ1_0: gguf.LlamaFileType.MOSTLY_TQ1_0,
-    T.TQ2_0: gguf.LlamaFileType.MOSTLY_TQ2_0,
-}
 LINEARS = {  # HF leaf -> GGUF name
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -611,7 +606,7 @@ def convert(model_dir, outfile, outtype: str = "i2_s", embd_type: str | None = N
     def kv(w: gguf.GGUFWriter):
         arch = fam.gguf_arch
         w.add_name(cfg.get("_name_or_path") and Path(str(cfg["_name_or_path"])).name or model_dir.name)
-        ftype = gguf.LlamaFileType.MOSTLY_I2_S if qtype == T.I2_S else FILE_TYPES[qtype]
+        ftype = FILE_TYPES[qtype]
         w.add_file_type(int(ftype))
         w.add_context_length(hp.n_ctx)
         w.add_embedding_length(hp.n_embd)

@@ -16,7 +16,7 @@ import gguf
 from gguf.constants import GGMLQuantizationType as T
 
 from .quants import i2_s
-from .writer import EMBEDDING_TYPES, TERNARY_TYPES, PendingTensor, encode, write_gguf
+from .writer import EMBEDDING_TYPES, FILE_TYPES, TERNARY_TYPES, PendingTensor, encode, write_gguf
 
 ARCH = "bitnet-b1.58"
 
@@ -176,5 +176,4 @@ def write(path: Path, shape_name: str, qtype_name: str, embd_type_name: str = "q
     shape, qtype, embd_type = SHAPES[shape_name], TERNARY_TYPES[qtype_name], EMBEDDING_TYPES[embd_type_name]
     ts = tensors(shape, qtype, embd_type, seed)
 
-    file_type = int(gguf.LlamaFileType.MOSTLY_I2_S) if qtype == T.I2_S else 0
-    return write_gguf(path, ARCH, metadata(shape, f"bitnet-dummy-{shape_name}", file_type), ts, progress)
+    return write_gguf(path, ARCH, metadata(shape, f"bitnet-dummy-{shape_name}", int(FILE_TYPES[qtype])), ts, progress)

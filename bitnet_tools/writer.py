@@ -24,6 +24,12 @@ TERNARY_TYPES = {
     "f32": T.F32, "f16": T.F16, "bf16": T.BF16,
     "tq1_0": T.TQ1_0, "tq2_0": T.TQ2_0, "i2_s": T.I2_S,
 }
+# general.file_type of a file whose ternary weights are of that type
+FILE_TYPES = {
+    T.F32: gguf.LlamaFileType.ALL_F32, T.F16: gguf.LlamaFileType.MOSTLY_F16,
+    T.BF16: gguf.LlamaFileType.MOSTLY_BF16, T.TQ1_0: gguf.LlamaFileType.MOSTLY_TQ1_0,
+    T.TQ2_0: gguf.LlamaFileType.MOSTLY_TQ2_0, T.I2_S: gguf.LlamaFileType.MOSTLY_I2_S,
+}
 # types for the token embedding / output head
 EMBEDDING_TYPES = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q6_k": T.Q6_K, "q4_0": T.Q4_0}
 

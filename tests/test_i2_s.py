@@ -184,7 +184,13 @@ def test_file_built_by_hand_loads_and_matches_our_writer(tmp_path):
 
     from bitnet_tools import load
     # bitnet.cpp's file type 40 is Q1_0 upstream: the loader must name the type from the tensors
-    assert "I2_S" in load(by_hand, n_ctx=64)._model.desc()
+    llm = load(by_hand, n_ctx=64)  # keep the Llama alive while its model is used
+    assert "I2_S" in llm._model.desc()
+
+    # our own files carry our file type number: named exactly, not guessed
+    llm = load(ours, n_ctx=64)
+    desc = llm._model.desc()
+    assert "I2_S" in desc and "guessed" not in desc
 
     tokens = [1, 100, 7, 250, 31, 5, 299, 42]
     a, b = _logits(by_hand, tokens), _logits(ours, tokens)
@@ -270,7 +276,8 @@ def test_llama_quantize_writes_what_our_numpy_writes(tools, tmp_path):
             n += 1
     assert n == 7 * dummy.SHAPES["tiny"].n_layer
     from bitnet_tools import load
-    assert "I2_S" in load(dst, n_ctx=64)._model.desc()
+    llm = load(dst, n_ctx=64)
+    assert "I2_S" in llm._model.desc() and "guessed" not in llm._model.desc()
 
 
 @pytest.mark.slow
