@@ -97,3 +97,153 @@ void quantize_row_i8_s_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT v
     memcpy(q + k, &d, sizeof(float));
     memcpy(q + k + sizeof(float), &sum, sizeof(int32_t));
 }
+
+// ---------------------------------------------------------------- TL1 / TL2
+
+// The ternarization is the one of I2_S: absmean threshold over the whole tensor, stored scale =
+// mean |x| over the non-zero codes, both summed in row-major order.
+
+int ggml_tl_group(enum ggml_type type) {
+    GGML_ASSERT(type == GGML_TYPE_TL1 || type == GGML_TYPE_TL2);
+    return type == GGML_TYPE_TL1 ? 2 : 3;
+}
+
+int64_t ggml_tl_chunks(enum ggml_type type, int64_t n_per_row) {
+    const int64_t w = (int64_t) ggml_tl_group(type) * TL_CHUNK;
+    return (n_per_row + w - 1) / w;
+}
+
+size_t ggml_tl_chunk_bytes(enum ggml_type type, int64_t h) {
+    return (size_t)(2*h + (type == GGML_TYPE_TL2 ? (h + 1)/2 : 0));
+}
+
+size_t ggml_tl_nbytes(enum ggml_type type, int64_t n_per_row, int64_t nrows) {
+    const int64_t nc   = ggml_tl_chunks(type, n_per_row);
+    const int64_t full = nrows / TL_TILE_ROWS;
+    const int64_t h    = nrows % TL_TILE_ROWS;
+    return (size_t)(full*nc) * ggml_tl_chunk_bytes(type, TL_TILE_ROWS) + (size_t) nc * ggml_tl_chunk_bytes(type, h);
+}
+
+// where the code of (row r, group g) lives: offset of its chunk, lane and tile height
+static size_t tl_chunk(enum ggml_type type, int64_t n_per_row, int64_t nrows, int64_t r, int64_t g, int * lane, int64_t * h) {
+    const int64_t nc   = ggml_tl_chunks(type, n_per_row);
+    const int64_t tile = r / TL_TILE_ROWS;
+    *h    = nrows - tile*TL_TILE_ROWS < TL_TILE_ROWS ? nrows - tile*TL_TILE_ROWS : TL_TILE_ROWS;
+    *lane = (int)(TL_CHUNK*(r % TL_TILE_ROWS) + g % TL_CHUNK);
+    return (size_t)(tile*nc) * ggml_tl_chunk_bytes(type, TL_TILE_ROWS) + (size_t)(g / TL_CHUNK) * ggml_tl_chunk_bytes(type, *h);
+}
+
+int ggml_tl_code(enum ggml_type type, const void * data, int64_t n_per_row, int64_t nrows, int64_t r, int64_t g) {
+    int lane; int64_t h;
+    const uint8_t * c = (const uint8_t *) data + tl_chunk(type, n_per_row, nrows, r, g, &lane, &h);
+    int code = lane < 2*h ? c[lane] & 0x0F : c[lane - 2*h] >> 4;
+    if (type == GGML_TYPE_TL2) {
+        code |= ((c[2*h + lane/8] >> (lane % 8)) & 1) << 4;
+    }
+    return code;
+}
+
+static void tl_set_code(enum ggml_type type, void * data, int64_t n_per_row, int64_t nrows, int64_t r, int64_t g, int code) {
+    int lane; int64_t h;
+    uint8_t * c = (uint8_t *) data + tl_chunk(type, n_per_row, nrows, r, g, &lane, &h);
+    if (lane < 2*h) {
+        c[lane] |= (uint8_t)(code & 0x0F);
+    } else {
+        c[lane - 2*h] |= (uint8_t)((code & 0x0F) << 4);
+    }
+    if (type == GGML_TYPE_TL2) {
+        c[2*h + lane/8] |= (uint8_t)(((code >> 4) & 1) << (lane % 8));
+    }
+}
+
+float ggml_tl_scale(enum ggml_type type, const void * data, int64_t n_per_row, int64_t nrows) {
+    float scale;
+    memcpy(&scale, (const uint8_t *) data + ggml_tl_nbytes(type, n_per_row, nrows), sizeof(float));
+    return scale;
+}
+
+static size_t quantize_tl(enum ggml_type type, const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t nrows, int64_t n_per_row) {
+    const int64_t n = nrows*n_per_row;
+    double sum_abs = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+        sum_abs += fabs((double) x[i]);
+    }
+    const float s = (float)(sum_abs / (double) n);
+
+    const int     gw     = ggml_tl_group(type);
+    const int64_t groups = ggml_tl_chunks(type, n_per_row) * TL_CHUNK;
+    const size_t  nbytes = ggml_tl_nbytes(type, n_per_row, nrows);
+    memset(y, 0, nbytes);
+
+    double  sum_nz = 0.0;
+    int64_t n_nz   = 0;
+    for (int64_t r = 0; r < nrows; ++r) {
+        const float * xr = x + r*n_per_row;
+        for (int64_t g = 0; g < groups; ++g) {
+            int code = 0;
+            for (int p = 0; p < gw; ++p) {
+                const int64_t i = g*gw + p;
+                int q = 0;  // padding weights are 0
+                if (i < n_per_row && s > 0.0f) {
+                    const float v = nearbyintf(xr[i] / s);
+                    q = v > 1.0f ? 1 : v < -1.0f ? -1 : (int) v;
+                }
+                if (q != 0) {
+                    sum_nz += fabs((double) xr[i]);
+                    n_nz++;
+                }
+                code = 3*code + (q + 1);
+            }
+            tl_set_code(type, y, n_per_row, nrows, r, g, code);
+        }
+    }
+    const float scale = n_nz > 0 ? (float)(sum_nz / (double) n_nz) : 0.0f;
+
+    uint8_t tail[I2_S_TAIL] = {0};
+    memcpy(tail, &scale, sizeof(float));
+    memcpy((uint8_t *) y + nbytes, tail, I2_S_TAIL);
+    return nbytes;
+}
+
+void dequantize_tl(enum ggml_type type, const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t nrows, int64_t n_per_row) {
+    const int   gw    = ggml_tl_group(type);
+    const float scale = ggml_tl_scale(type, x, n_per_row, nrows);
+    for (int64_t r = 0; r < nrows; ++r) {
+        for (int64_t i = 0; i < n_per_row; ++i) {
+            const int64_t g    = i / gw;
+            const int     code = ggml_tl_code(type, x, n_per_row, nrows, r, g);
+            // digit p of the base-3 code, most significant first
+            int d = code;
+            for (int p = gw - 1; p > (int)(i % gw); --p) {
+                d /= 3;
+            }
+            y[r*n_per_row + i] = (float)(d % 3 - 1) * scale;
+        }
+    }
+}
+
+size_t quantize_tl1(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row, const float * imatrix) {
+    (void) imatrix;
+    return quantize_tl(GGML_TYPE_TL1, src, dst, nrows, n_per_row);
+}
+
+size_t quantize_tl2(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row, const float * imatrix) {
+    (void) imatrix;
+    return quantize_tl(GGML_TYPE_TL2, src, dst, nrows, n_per_row);
+}
+
+void quantize_row_tl1_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
+    quantize_tl(GGML_TYPE_TL1, x, y, 1, k);
+}
+
+void quantize_row_tl2_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
+    quantize_tl(GGML_TYPE_TL2, x, y, 1, k);
+}
+
+void dequantize_row_tl1(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {
+    dequantize_tl(GGML_TYPE_TL1, x, y, 1, k);
+}
+
+void dequantize_row_tl2(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {
+    dequantize_tl(GGML_TYPE_TL2, x, y, 1, k);
+}

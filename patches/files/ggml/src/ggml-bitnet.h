@@ -9,6 +9,17 @@
 //   - after the n/4 code bytes comes ONE float32 scale for the whole tensor, padded to a
 //     32-byte tail (ggml_nbytes adds it). Rows therefore hold codes only.
 //
+// TL1 and TL2 are lookup-table types (docs/tl.md): rows are cut into groups of g weights
+// (TL1: g = 2, a 4-bit code 3*(t0+1) + (t1+1); TL2: g = 3, a 5-bit code 9*(t0+1) + 3*(t1+1) + (t2+1)),
+// padded with zero weights to chunks of 4 groups. Rows are stored in tiles of 16 (the last tile
+// of a tensor holds the remaining h < 16 rows). Within a tile, chunk c is "4h lanes", lane
+// l = 4*i + j being row i, group 4c + j:
+//   - 2h bytes of low nibbles: byte b holds lane b (bits 0-3) and lane b + 2h (bits 4-7);
+//   - TL2 only: ceil(h/2) bytes holding bit 4 of every lane's code, lane l at bit l % 8 of byte l / 8.
+// One float32 scale for the whole tensor follows the tiles, padded to a 32-byte tail as for I2_S.
+// A kernel reads a chunk of 16 rows as one vector of 64 lanes (4 consecutive groups of a row
+// side by side) and looks each code up in a table built from the activations of those groups.
+//
 // I8_S is the activation partner: a row of int8 quantized with one absmax scale per row,
 // exactly as BitNet b1.58 was trained. Row layout: int8 q[n], float d, int32 sum(q).
 #pragma once
@@ -37,6 +48,28 @@ GGML_API void   dequantize_row_i2_s(const void * GGML_RESTRICT x, float * GGML_R
 GGML_API size_t quantize_i2_s(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
 // the per-tensor scale stored after the codes of a tensor of n elements
 GGML_API float  ggml_i2_s_scale(const void * data, int64_t n);
+
+// TL1 / TL2 (type is GGML_TYPE_TL1 or GGML_TYPE_TL2)
+#define TL_TILE_ROWS   16  // rows per tile
+#define TL_CHUNK       4   // groups per chunk
+GGML_API int     ggml_tl_group(enum ggml_type type);                         // weights per group: 2 or 3
+GGML_API int64_t ggml_tl_chunks(enum ggml_type type, int64_t n_per_row);     // chunks per row
+GGML_API size_t  ggml_tl_chunk_bytes(enum ggml_type type, int64_t h);        // bytes of a chunk of h rows
+// bytes of the codes of a tensor (tiles only, without the 32-byte tail)
+GGML_API size_t  ggml_tl_nbytes(enum ggml_type type, int64_t n_per_row, int64_t nrows);
+// code of row r, group g (0 <= g < 4 * chunks) of a tensor of nrows rows
+GGML_API int     ggml_tl_code(enum ggml_type type, const void * data, int64_t n_per_row, int64_t nrows, int64_t r, int64_t g);
+GGML_API float   ggml_tl_scale(enum ggml_type type, const void * data, int64_t n_per_row, int64_t nrows);
+// whole tensor: codes + tail scale; returns the bytes of the codes (as quantize_i2_s)
+GGML_API size_t  quantize_tl1(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
+GGML_API size_t  quantize_tl2(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
+// one row of k values taken as a whole 1-row tensor (ggml's from_float / to_float signature)
+GGML_API void    quantize_row_tl1_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
+GGML_API void    quantize_row_tl2_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
+GGML_API void    dequantize_row_tl1(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
+GGML_API void    dequantize_row_tl2(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
+// whole tensor back to floats (nrows x n_per_row)
+GGML_API void    dequantize_tl(enum ggml_type type, const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t nrows, int64_t n_per_row);
 
 // I8_S: one row of k floats to int8 + scale + sum.
 GGML_API void   quantize_row_i8_s_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);

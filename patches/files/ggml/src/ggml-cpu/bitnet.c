@@ -1,4 +1,4 @@
-// bitnet-tools: generic (scalar) ternary kernels and the I2_S MUL_MAT driver.
+// bitnet-tools: generic (scalar) ternary kernels and the MUL_MAT driver for I2_S, TL1, TL2.
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
 
@@ -57,9 +57,117 @@ void ggml_gemm_i2_s_i8_s_generic(int n, float * GGML_RESTRICT s, size_t bs, cons
     }
 }
 
-size_t ggml_bitnet_mul_mat_wsize(const struct ggml_tensor * dst) {
+// ---------------------------------------------------------------- TL1 / TL2
+
+size_t ggml_tl_lut_bytes(enum ggml_type type, int n) {
+    return (size_t) ggml_tl_chunks(type, n) * 2 * TL_CHUNK * TL_LUT_ENTRIES(type);
+}
+
+size_t ggml_tl_scratch_bytes(enum ggml_type type, int n) {
+    return TL_SCRATCH_COLS * GGML_PAD(ggml_tl_lut_bytes(type, n), 64) + 64;
+}
+
+// trit p (most significant first) of code v, for groups of gw weights
+static inline int tl_trit(int v, int gw, int p) {
+    for (int k = gw - 1; k > p; --k) {
+        v /= 3;
+    }
+    return v % 3 - 1;
+}
+
+void ggml_tl_build_lut(enum ggml_type type, const int8_t * GGML_RESTRICT q, int n, uint8_t * GGML_RESTRICT lut) {
+    const int gw    = ggml_tl_group(type);
+    const int E     = TL_LUT_ENTRIES(type);
+    const int ncode = gw == 2 ? 9 : 27;
+    const int64_t nc = ggml_tl_chunks(type, n);
+    for (int64_t c = 0; c < nc; ++c) {
+        uint8_t * lo = lut + c*2*TL_CHUNK*E;
+        uint8_t * hi = lo + TL_CHUNK*E;
+        for (int j = 0; j < TL_CHUNK; ++j) {
+            int a[3] = {0, 0, 0};
+            for (int p = 0; p < gw; ++p) {
+                const int64_t i = (c*TL_CHUNK + j)*gw + p;
+                a[p] = i < n ? q[i] : 0;
+            }
+            for (int v = 0; v < E; ++v) {
+                int val = 0;
+                if (v < ncode) {
+                    for (int p = 0; p < gw; ++p) {
+                        val += tl_trit(v, gw, p) * a[p];
+                    }
+                }
+                lo[j*E + v] = (uint8_t)(val & 0xFF);
+                hi[j*E + v] = (uint8_t)(int8_t)((val - (val & 0xFF)) / 256);
+            }
+        }
+    }
+}
+
+// exact integer dot of row r of a run of tiles (nr rows from a tile boundary) with int8 q
+static int32_t tl_dot_row_scalar(enum ggml_type type, int n, const void * x, int nr, int r, const int8_t * q) {
+    const int     gw     = ggml_tl_group(type);
+    const int64_t groups = ggml_tl_chunks(type, n) * TL_CHUNK;
+    int32_t sum = 0;
+    for (int64_t g = 0; g < groups; ++g) {
+        const int code = ggml_tl_code(type, x, n, nr, r, g);
+        for (int p = 0; p < gw; ++p) {
+            const int64_t i = g*gw + p;
+            if (i < n) {
+                sum += tl_trit(code, gw, p) * q[i];
+            }
+        }
+    }
+    return sum;
+}
+
+static void vec_dot_tl_i8_s(enum ggml_type type, int n, float * GGML_RESTRICT s, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy) {
+    const int32_t isum = tl_dot_row_scalar(type, n, vx, 1, 0, (const int8_t *) vy);
+    *s = (float) isum * i8_s_row_d(vy, n) * ggml_tl_scale(type, vx, n, 1);
+}
+
+void ggml_vec_dot_tl1_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {
+    assert(nrc == 1);
+    GGML_UNUSED(bs); GGML_UNUSED(bx); GGML_UNUSED(by); GGML_UNUSED(nrc);
+    vec_dot_tl_i8_s(GGML_TYPE_TL1, n, s, vx, vy);
+}
+
+void ggml_vec_dot_tl2_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {
+    assert(nrc == 1);
+    GGML_UNUSED(bs); GGML_UNUSED(bx); GGML_UNUSED(by); GGML_UNUSED(nrc);
+    vec_dot_tl_i8_s(GGML_TYPE_TL2, n, s, vx, vy);
+}
+
+void ggml_gemm_tl_i8_s_generic(enum ggml_type type, int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, int nr,
+                               const void * GGML_RESTRICT vy, size_t by, int nc, float wscale, void * GGML_RESTRICT scratch) {
+    GGML_UNUSED(scratch);
+    for (int c = 0; c < nc; ++c) {
+        const int8_t * q = (const int8_t *) ((const char *) vy + c*by);
+        const float    d = i8_s_row_d(q, n);
+        for (int r = 0; r < nr; ++r) {
+            s[c*bs + r] = (float) tl_dot_row_scalar(type, n, vx, nr, r, q) * d * wscale;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- MUL_MAT driver
+
+bool ggml_bitnet_is_ternary(enum ggml_type type) {
+    return type == GGML_TYPE_I2_S || type == GGML_TYPE_TL1 || type == GGML_TYPE_TL2;
+}
+
+static bool is_tl(enum ggml_type type) {
+    return type == GGML_TYPE_TL1 || type == GGML_TYPE_TL2;
+}
+
+// per-thread scratch of the TL kernels, after the I8_S rows
+static size_t scratch_bytes(const struct ggml_tensor * src0) {
+    return is_tl(src0->type) ? GGML_PAD(ggml_tl_scratch_bytes(src0->type, (int) src0->ne[0]), 64) : 0;
+}
+
+size_t ggml_bitnet_mul_mat_wsize(const struct ggml_tensor * dst, int n_threads) {
+    const struct ggml_tensor * src0 = dst->src[0];
     const struct ggml_tensor * src1 = dst->src[1];
-    return i8_s_row_stride(src1->ne[0]) * (size_t) ggml_nrows(src1) + 64;
+    return i8_s_row_stride(src1->ne[0]) * (size_t) ggml_nrows(src1) + scratch_bytes(src0) * (size_t) n_threads + 64;
 }
 
 // Weight rows per task: a multiple of the kernels' row tile, so that tiles stay whole.
@@ -67,15 +175,42 @@ size_t ggml_bitnet_mul_mat_wsize(const struct ggml_tensor * dst) {
 // Longest activation row quantized into a per-thread stack buffer when there is one row.
 #define BITNET_GEMV_MAXK 16384
 
+// the weights of rows ir0.. of a 2-D slice starting at x0
+static const char * weight_rows(const struct ggml_tensor * src0, const char * x0, int64_t ir0) {
+    if (is_tl(src0->type)) {
+        return x0 + (size_t)(ir0 / TL_TILE_ROWS) * (size_t) ggml_tl_chunks(src0->type, src0->ne[0])
+                  * ggml_tl_chunk_bytes(src0->type, TL_TILE_ROWS);
+    }
+    return x0 + ir0*src0->nb[1];
+}
+
+static float weight_scale(const struct ggml_tensor * src0) {
+    if (is_tl(src0->type)) {
+        return ggml_tl_scale(src0->type, src0->data, src0->ne[0], src0->ne[1]);
+    }
+    return ggml_i2_s_scale(src0->data, ggml_nelements(src0));
+}
+
+static void bitnet_gemm(const struct ggml_compute_params * params, const struct ggml_tensor * src0, float * s, size_t bs,
+                        const char * x, int nr, const void * y, size_t by, int nc, float wscale, void * scratch) {
+    const int n = (int) src0->ne[0];
+    if (is_tl(src0->type)) {
+        (params->use_ref ? ggml_gemm_tl_i8_s_generic : ggml_gemm_tl_i8_s)(src0->type, n, s, bs, x, nr, y, by, nc, wscale, scratch);
+    } else {
+        (params->use_ref ? ggml_gemm_i2_s_i8_s_generic : ggml_gemm_i2_s_i8_s)(n, s, bs, x, src0->nb[1], y, by, nr, nc, wscale);
+    }
+}
+
 void ggml_bitnet_mul_mat(const struct ggml_compute_params * params, struct ggml_tensor * dst) {
     const struct ggml_tensor * src0 = dst->src[0];
     const struct ggml_tensor * src1 = dst->src[1];
 
     GGML_TENSOR_BINARY_OP_LOCALS
 
-    GGML_ASSERT(src0->type == GGML_TYPE_I2_S);
+    GGML_ASSERT(ggml_bitnet_is_ternary(src0->type));
     GGML_ASSERT(src1->type == GGML_TYPE_F32);
-    GGML_ASSERT(ne00 % QK_I2_S == 0);
+    GGML_ASSERT(src0->type != GGML_TYPE_I2_S || ne00 % QK_I2_S == 0);
+    GGML_ASSERT(!is_tl(src0->type) || (ne02 == 1 && ne03 == 1));  // tiles span the whole 2-D tensor
     GGML_ASSERT(nb00 == ggml_type_size(src0->type) && nb10 == sizeof(float));
     GGML_ASSERT(nb0 == sizeof(float));
     GGML_ASSERT(ne0 == ne01 && ne1 == ne11 && ne2 == ne12 && ne3 == ne13);
@@ -83,12 +218,12 @@ void ggml_bitnet_mul_mat(const struct ggml_compute_params * params, struct ggml_
     const int ith = params->ith;
     const int nth = params->nth;
 
-    // 1. quantize every activation row to I8_S (rows shared among threads)
     const size_t   stride = i8_s_row_stride(ne10);
     char * const   wdata  = (char *) GGML_PAD((uintptr_t) params->wdata, 64);
-    GGML_ASSERT(params->wsize >= ggml_bitnet_mul_mat_wsize(dst));
+    GGML_ASSERT(params->wsize >= ggml_bitnet_mul_mat_wsize(dst, nth));
 
     const int64_t nrows1 = ne11*ne12*ne13;
+    void * const scratch = wdata + stride*nrows1 + scratch_bytes(src0)*ith;
     void (* const quantize)(const float * GGML_RESTRICT, void * GGML_RESTRICT, int64_t) =
         params->use_ref ? quantize_row_i8_s_generic : quantize_row_i8_s;
 
@@ -103,18 +238,13 @@ void ggml_bitnet_mul_mat(const struct ggml_compute_params * params, struct ggml_
             return;
         }
         int64_t ybuf[(BITNET_GEMV_MAXK + 64) / sizeof(int64_t)];
-        const float wscale = ggml_i2_s_scale(src0->data, ggml_nelements(src0));
         quantize((const float *) src1->data, ybuf, ne10);
-        const char * x = (const char *) src0->data + ir0*nb01;
-        float      * s = (float *) dst->data + ir0;
-        if (params->use_ref) {
-            ggml_gemm_i2_s_i8_s_generic((int) ne00, s, nb1/sizeof(float), x, nb01, ybuf, 0, (int)(ir1 - ir0), 1, wscale);
-        } else {
-            ggml_gemm_i2_s_i8_s((int) ne00, s, nb1/sizeof(float), x, nb01, ybuf, 0, (int)(ir1 - ir0), 1, wscale);
-        }
+        bitnet_gemm(params, src0, (float *) dst->data + ir0, nb1/sizeof(float), weight_rows(src0, src0->data, ir0),
+                    (int)(ir1 - ir0), ybuf, 0, 1, weight_scale(src0), scratch);
         return;
     }
 
+    // 1. quantize every activation row to I8_S (rows shared among threads)
     for (int64_t r = ith; r < nrows1; r += nth) {
         const int64_t i13 = r / (ne11*ne12);
         const int64_t i12 = (r / ne11) % ne12;
@@ -125,26 +255,20 @@ void ggml_bitnet_mul_mat(const struct ggml_compute_params * params, struct ggml_
     ggml_barrier(params->threadpool);
 
     // 2. each thread takes a slice of weight rows and multiplies it by all activation rows
-    // one scale for the whole tensor, after the codes of all its rows
-    const float wscale = ggml_i2_s_scale(src0->data, ggml_nelements(src0));
-
     if (ir0 >= ir1) {
         return;
     }
+    const float wscale = weight_scale(src0);
 
     const int64_t r2 = ne12 / ne02;  // broadcast factors
     const int64_t r3 = ne13 / ne03;
 
     for (int64_t i13 = 0; i13 < ne13; ++i13) {
         for (int64_t i12 = 0; i12 < ne12; ++i12) {
-            const char * x = (const char *) src0->data + (i12/r2)*nb02 + (i13/r3)*nb03 + ir0*nb01;
+            const char * x = weight_rows(src0, (const char *) src0->data + (i12/r2)*nb02 + (i13/r3)*nb03, ir0);
             const char * y = wdata + (i13*ne12*ne11 + i12*ne11)*stride;
             float      * s = (float *) ((char *) dst->data + i12*nb2 + i13*nb3) + ir0;
-            if (params->use_ref) {
-                ggml_gemm_i2_s_i8_s_generic((int) ne00, s, nb1/sizeof(float), x, nb01, y, stride, (int)(ir1 - ir0), (int) ne11, wscale);
-            } else {
-                ggml_gemm_i2_s_i8_s((int) ne00, s, nb1/sizeof(float), x, nb01, y, stride, (int)(ir1 - ir0), (int) ne11, wscale);
-            }
+            bitnet_gemm(params, src0, s, nb1/sizeof(float), x, (int)(ir1 - ir0), y, stride, (int) ne11, wscale, scratch);
         }
     }
 }

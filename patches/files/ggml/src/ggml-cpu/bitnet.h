@@ -1,4 +1,4 @@
-// bitnet-tools: CPU kernels for the ternary types (I2_S x I8_S).
+// bitnet-tools: CPU kernels for the ternary types (I2_S, TL1, TL2 x I8_S).
 // Generic (scalar) versions live in bitnet.c; per-architecture versions in arch/<arch>/bitnet.c
 // define the same names without the _generic suffix.
 #pragma once
@@ -33,16 +33,43 @@ void ggml_gemm_i2_s_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void *
 void ggml_gemm_i2_s_i8_s_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
                                  const void * GGML_RESTRICT vy, size_t by, int nr, int nc, float wscale);
 
-// MUL_MAT with an I2_S src0: the whole op (activation quantization, threading, kernels).
+// TL1 / TL2 x I8_S.
+// A lookup table (LUT) of one activation row, in the layout the kernels share: per chunk c of 4
+// groups, TL_LUT_ENTRIES low bytes for each group j = 0..3, then the same for the high bytes.
+// Entry v of group j is the exact sum over the group's weights of trit_p(v) * q[gw*(4c+j) + p]
+// (q = 0 past the row; 0 for codes v >= 3^gw), stored as value & 0xFF (unsigned) and
+// value >> 8 (signed), so that sum(low) + 256 * sum(high) is the integer dot product.
+#define TL_LUT_ENTRIES(type) ((type) == GGML_TYPE_TL1 ? 16 : 32)
+size_t ggml_tl_lut_bytes(enum ggml_type type, int n);
+void   ggml_tl_build_lut(enum ggml_type type, const int8_t * GGML_RESTRICT q, int n, uint8_t * GGML_RESTRICT lut);
+// per-thread scratch the GEMM may use (LUTs of up to TL_SCRATCH_COLS activation rows)
+#define TL_SCRATCH_COLS 4
+size_t ggml_tl_scratch_bytes(enum ggml_type type, int n);
+
+// vec_dot for test-quantize-fns: vx is a whole 1-row tensor (codes + tail), vy one I8_S row
+void ggml_vec_dot_tl1_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
+void ggml_vec_dot_tl2_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
+
+// nr weight rows from a tile boundary (vx points at that tile; tiles of 16 rows follow each
+// other, the last one may hold fewer) times nc I8_S rows (stride by bytes):
+// s[c*bs + r] = (sum_i t_ri * q_ci) * d_c * wscale. scratch: ggml_tl_scratch_bytes, 64-aligned.
+void ggml_gemm_tl_i8_s(enum ggml_type type, int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, int nr,
+                       const void * GGML_RESTRICT vy, size_t by, int nc, float wscale, void * GGML_RESTRICT scratch);
+void ggml_gemm_tl_i8_s_generic(enum ggml_type type, int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, int nr,
+                               const void * GGML_RESTRICT vy, size_t by, int nc, float wscale, void * GGML_RESTRICT scratch);
+
+// MUL_MAT with an I2_S, TL1 or TL2 src0: the whole op (activation quantization, threading, kernels).
 void   ggml_bitnet_mul_mat(const struct ggml_compute_params * params, struct ggml_tensor * dst);
-// work buffer it needs (the I8_S copy of src1)
-size_t ggml_bitnet_mul_mat_wsize(const struct ggml_tensor * dst);
+bool   ggml_bitnet_is_ternary(enum ggml_type type);
+// work buffer it needs with n_threads threads (the I8_S copy of src1, per-thread scratch)
+size_t ggml_bitnet_mul_mat_wsize(const struct ggml_tensor * dst, int n_threads);
 
 // Architectures without their own file use the generic kernels.
 #if !(defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86))
 #define quantize_row_i8_s_generic      quantize_row_i8_s
 #define ggml_vec_dot_i2_s_i8_s_generic ggml_vec_dot_i2_s_i8_s
 #define ggml_gemm_i2_s_i8_s_generic    ggml_gemm_i2_s_i8_s
+#define ggml_gemm_tl_i8_s_generic      ggml_gemm_tl_i8_s
 #endif
 
 #ifdef __cplusplus

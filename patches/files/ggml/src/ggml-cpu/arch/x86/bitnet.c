@@ -511,3 +511,8 @@ void ggml_gemm_i2_s_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void *
 }
 
 #endif
+
+void ggml_gemm_tl_i8_s(enum ggml_type type, int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, int nr,
+                       const void * GGML_RESTRICT vy, size_t by, int nc, float wscale, void * GGML_RESTRICT scratch) {
+    ggml_gemm_tl_i8_s_generic(type, n, s, bs, vx, nr, vy, by, nc, wscale, scratch);
+}
