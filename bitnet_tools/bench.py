@@ -25,7 +25,7 @@ from pathlib import Path
 from . import engine
 
 POWERCAP = Path("/sys/class/powercap")
-OURS = {"i2_s"}
+OURS = {"i2_s", "tl1", "tl2"}
 SCHEMA_VERSION = 1
 
 

@@ -46,7 +46,7 @@ def setup(
     hf_repo: Optional[str] = typer.Option(None, "--hf-repo", "-hr", help="Hugging Face repo to download and convert, "
                                           "e.g. microsoft/BitNet-b1.58-2B-4T-bf16."),
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", "-md", help="Convert this local checkpoint folder instead."),
-    quant: Optional[str] = typer.Option(None, "-q", "--quant-type", help="Weight type: i2_s (default), tq2_0, tq1_0, f16, bf16, f32."),
+    quant: Optional[str] = typer.Option(None, "-q", "--quant-type", help="Weight type: i2_s (default), tl2, tl1, tq2_0, tq1_0, f16, bf16, f32."),
     quant_embd: Optional[str] = typer.Option(None, "--quant-embd", help="Token embedding type: q6_k, q8_0, f16, f32 "
                                              "(default: q6_k for large vocabularies, else f16)."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads for the verification run."),
@@ -127,7 +127,7 @@ def _verify(model: Path, threads: Optional[int]) -> None:
 def convert(
     model_dir: Path = typer.Argument(..., help="Hugging Face checkpoint folder (config.json + safetensors)."),
     outfile: Path = typer.Option(..., "-o", "--outfile", help="Output GGUF."),
-    outtype: str = typer.Option("i2_s", "--outtype", help="i2_s, tq2_0, tq1_0, f16, bf16, f32."),
+    outtype: str = typer.Option("i2_s", "--outtype", help="i2_s, tl2, tl1, tq2_0, tq1_0, f16, bf16, f32."),
     embd_type: Optional[str] = typer.Option(None, "--embd-type", help="q6_k, q8_0, f16, f32 (default: q6_k for large "
                                             "vocabularies, else f16)."),
     force: bool = typer.Option(False, "--force", help="Convert even if the weights are not ternary after scaling."),
@@ -301,7 +301,7 @@ def _current_tools() -> Path:
 @app.command()
 def dummy(
     shape: str = typer.Option("2b4t", "--shape", help="Model shape: tiny, 125m, 700m, 1.5b, 2b4t, 3b, 8b, 13b, 30b, 70b, 100b."),
-    qtype: str = typer.Option("i2_s", "-q", "--quant", help="Ternary weight type: i2_s, tq1_0, tq2_0, f16, bf16, f32."),
+    qtype: str = typer.Option("i2_s", "-q", "--quant", help="Ternary weight type: i2_s, tl2, tl1, tq1_0, tq2_0, f16, bf16, f32."),
     embd_type: str = typer.Option("q6_k", "--embd-type", help="Token embedding type: q6_k, q8_0, f16, f32, q4_0."),
     out: Path = typer.Option(..., "-o", "--outfile", help="Output GGUF path."),
     seed: int = typer.Option(0, "--seed"),

@@ -6,9 +6,10 @@ Families (bitnet_tools/models/): 1bitLLM bitnet_b1_58 (`bitnet`), BitNet-b1.58-2
 -bf16 master weights (`bitnet-b1.58`), Llama-shaped 1.58-bit models (`llama`).
 
 Every BitLinear weight is written as exactly q*s (q in {-1, 0, 1}, one scale per tensor), so
-each output type holds the model's own weights: f32/i2_s exactly, f16/tq1_0/tq2_0 with the scale
-rounded to fp16, bf16 with the scale rounded to bf16. A tensor whose row width does not fit the
-chosen type's block (TQ1_0/TQ2_0: 256, I2_S: 128) falls back to f16, with a warning.
+each output type holds the model's own weights: f32/i2_s/tl1/tl2 exactly, f16/tq1_0/tq2_0 with
+the scale rounded to fp16, bf16 with the scale rounded to bf16. A tensor whose row width does not
+fit the chosen type's block (TQ1_0/TQ2_0: 256, I2_S: 128; TL1/TL2 take any width) falls back to
+f16, with a warning.
 
 Malformed input raises ConvertError (one line: cause and fix) and leaves no output file: the
 writer works on a temporary name and renames only a complete file.
@@ -28,7 +29,7 @@ import numpy as np
 import gguf
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
-from . import quants  # noqa: F401  (registers I2_S with gguf-py)
+from . import quants  # noqa: F401  (registers our types with gguf-py)
 from .models import Family, families, for_architecture
 from .writer import EMBEDDING_TYPES, FILE_TYPES, TERNARY_TYPES, PendingTensor, encode, write_gguf
 
@@ -337,7 +338,9 @@ def ggml_quantize(values: np.ndarray, qtype: T) -> np.ndarray:
     return dst
 
 
-NUMPY_QUANTS = {T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.TQ1_0, T.TQ2_0, T.I2_S}
+NUMPY_QUANTS = {T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.TQ1_0, T.TQ2_0, T.I2_S, T.TL1, T.TL2}
+# one scale per tensor (and TL tiles span rows): encoded whole, never in row chunks
+WHOLE_TENSOR = {T.I2_S, T.TL1, T.TL2}
 
 
 def encode_rows(values: np.ndarray, qtype: T):
@@ -353,6 +356,8 @@ def fits(width: int, qtype: T) -> bool:
     if qtype == T.I2_S:
         from .quants.i2_s import QK
         return width % QK == 0
+    if qtype in (T.TL1, T.TL2):
+        return True   # rows are zero-padded to whole chunks
     return width % GGML_QUANT_SIZES[qtype][0] == 0
 
 
@@ -503,7 +508,7 @@ def _plan(ckpt: Checkpoint, fam: Family, hp: HParams, src: Source, qtype: T, emb
             if fam.permute_qk and role in ("attn_q", "attn_k"):
                 q = permute_qk(q, n_head)
             values = q.astype(np.float32) * s   # exactly q*s: lossless in every type
-            if t == T.I2_S:
+            if t in WHOLE_TENSOR:
                 return encode(values, t)
             return encode_rows(values, t)
         out.append(PendingTensor(gname, (rows, cols), t, produce))

@@ -15,6 +15,7 @@ import numpy as np
 import gguf
 from gguf.constants import GGMLQuantizationType as T
 
+from . import quants
 from .quants import i2_s
 from .writer import EMBEDDING_TYPES, FILE_TYPES, TERNARY_TYPES, PendingTensor, encode, write_gguf
 
@@ -46,6 +47,8 @@ SHAPES = {
 }
 
 CHUNK = 1 << 22  # elements generated at a time
+# one scale per tensor: codes packed by us, the scale written once after them
+WHOLE_TENSOR = {T.I2_S: i2_s, T.TL1: quants.TL1, T.TL2: quants.TL2}
 WEIGHT_SCALE = 0.02
 
 
@@ -57,7 +60,7 @@ def n_params(shape: Shape) -> int:
 
 
 def _row_chunks(rows: int, cols: int) -> Iterator[int]:
-    per = max(1, CHUNK // cols)
+    per = max(16, CHUNK // cols // 16 * 16)  # whole 16-row tiles for TL1/TL2
     for r0 in range(0, rows, per):
         yield min(per, rows - r0)
 
@@ -66,11 +69,11 @@ def _ternary(rng: np.random.Generator, rows: int, cols: int, qtype: T) -> Callab
     def produce():
         for n in _row_chunks(rows, cols):
             q = rng.integers(-1, 2, size=(n, cols), dtype=np.int8)
-            if qtype == T.I2_S:
-                yield i2_s.pack_codes(q)
+            if qtype in WHOLE_TENSOR:
+                yield WHOLE_TENSOR[qtype].pack_codes(q)
             else:
                 yield encode(q.astype(np.float32) * np.float32(WEIGHT_SCALE), qtype)
-        if qtype == T.I2_S:
+        if qtype in WHOLE_TENSOR:
             yield i2_s.tail(WEIGHT_SCALE)
     return produce
 

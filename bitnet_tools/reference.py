@@ -86,7 +86,7 @@ def _scale_for(s: float, mode: str) -> float:
 
 
 def _act_for(x: torch.Tensor, mode: str) -> torch.Tensor:
-    if mode in ("model", "i2_s", "int8"):
+    if mode in ("model", "i2_s", "tl1", "tl2", "int8"):
         return act_int8(x)
     if mode in ("tq1_0", "tq2_0"):
         return act_q8_k(x)

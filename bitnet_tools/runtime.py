@@ -36,7 +36,32 @@ def check_model_file(path: Path) -> Path:
     with open(path, "rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise ModelError(f"{path} is not a GGUF file: convert the checkpoint with 'bitnet convert' first")
+    _refuse_bitnet_cpp_tl(path)
     return path
+
+
+# bitnet.cpp's TL1/TL2 files (its ggml types 38/39, file types 38/39) hold weights arranged for
+# kernels generated for one model; 39 is MXFP4 in ggml, so such a file would load as garbage
+BITNET_CPP_TL = {38: "TL1", 39: "TL2"}
+
+
+def _refuse_bitnet_cpp_tl(path: Path) -> None:
+    import gguf
+    from . import quants  # noqa: F401  (our type ids)
+    try:
+        r = gguf.GGUFReader(path)
+    except ValueError as e:
+        if "38 is not a valid" in str(e):
+            raise ModelError(f"{path} is a bitnet.cpp TL1 file, tied to kernels generated for one model: "
+                             "convert the checkpoint with 'bitnet convert --outtype tl1' (or tl2, i2_s)") from None
+        raise ModelError(f"{path} is not a readable GGUF file ({e}): convert the checkpoint again") from None
+    arch = r.get_field("general.architecture")
+    ftype = r.get_field("general.file_type")
+    if arch is not None and ftype is not None and str(arch.contents()).startswith("bitnet") \
+            and int(ftype.contents()) in BITNET_CPP_TL:
+        kind = BITNET_CPP_TL[int(ftype.contents())]
+        raise ModelError(f"{path} is a bitnet.cpp {kind} file, tied to kernels generated for one model: "
+                         f"convert the checkpoint with 'bitnet convert --outtype {kind.lower()}' (or i2_s)")
 
 
 def load(path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, **kwargs):

@@ -22,14 +22,17 @@ from .quants import i2_s
 # output types a ternary weight can be written as, by the names users type
 TERNARY_TYPES = {
     "f32": T.F32, "f16": T.F16, "bf16": T.BF16,
-    "tq1_0": T.TQ1_0, "tq2_0": T.TQ2_0, "i2_s": T.I2_S,
+    "tq1_0": T.TQ1_0, "tq2_0": T.TQ2_0, "i2_s": T.I2_S, "tl1": T.TL1, "tl2": T.TL2,
 }
 # general.file_type of a file whose ternary weights are of that type
 FILE_TYPES = {
     T.F32: gguf.LlamaFileType.ALL_F32, T.F16: gguf.LlamaFileType.MOSTLY_F16,
     T.BF16: gguf.LlamaFileType.MOSTLY_BF16, T.TQ1_0: gguf.LlamaFileType.MOSTLY_TQ1_0,
     T.TQ2_0: gguf.LlamaFileType.MOSTLY_TQ2_0, T.I2_S: gguf.LlamaFileType.MOSTLY_I2_S,
+    T.TL1: gguf.LlamaFileType.MOSTLY_TL1, T.TL2: gguf.LlamaFileType.MOSTLY_TL2,
 }
+# whole-tensor types whose encoder is ours (one scale per tensor)
+_OWN = {T.I2_S: quants.I2_S, T.TL1: quants.TL1, T.TL2: quants.TL2}
 # types for the token embedding / output head
 EMBEDDING_TYPES = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q6_k": T.Q6_K, "q4_0": T.Q4_0}
 
@@ -39,6 +42,8 @@ def tensor_nbytes(shape: tuple[int, ...], qtype: T) -> int:
     n = int(np.prod(shape))
     if qtype == T.I2_S:
         return i2_s.nbytes(n)
+    if qtype in (T.TL1, T.TL2):
+        return _OWN[qtype].nbytes(shape)
     block, size = GGML_QUANT_SIZES[qtype]
     if shape[-1] % block:
         raise ValueError(f"rows of {shape[-1]} values are not a multiple of {qtype.name}'s block of {block}")
@@ -51,8 +56,8 @@ def encode(values: np.ndarray, qtype: T) -> np.ndarray:
         return values.astype(np.float32, copy=False)
     if qtype == T.F16:
         return values.astype(np.float16)
-    if qtype == T.I2_S:
-        return quants.I2_S.quantize(values)
+    if qtype in _OWN:
+        return _OWN[qtype].quantize(values)
     return gguf.quants.quantize(values.astype(np.float32, copy=False), qtype)
 
 

@@ -22,8 +22,10 @@ def tools() -> Path:
 @pytest.fixture(scope="session")
 def ggml_base():
     """libggml-base of the installed (patched) llama_cpp, for calling the C reference code."""
+    import os
     import llama_cpp
-    libdir = Path(llama_cpp.__file__).parent / "lib"
+    # the library llama_cpp itself loads: LLAMA_CPP_LIB_PATH if set, else its own lib/
+    libdir = Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(llama_cpp.__file__).parent / "lib")
     lib = ctypes.CDLL(str(sorted(libdir.glob("libggml-base.*"))[0]))
     for fn in ("quantize_row_i2_s_ref", "dequantize_row_i2_s", "quantize_row_i8_s_ref"):
         getattr(lib, fn).restype = None

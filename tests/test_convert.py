@@ -6,7 +6,7 @@ bitnet_tools.reference, which is itself checked against transformers' BitNet imp
 
 Tolerances (relative to max |logit| of the sequence):
   The reference emulates, per matrix, what the engine computes for the type it was stored as:
-  I2_S exactly the model's per-token int8 activations; TQ1_0/TQ2_0 activations as Q8_K (one
+  I2_S/TL1/TL2 exactly the model's per-token int8 activations; TQ1_0/TQ2_0 activations as Q8_K (one
   scale per 256 values); F16/BF16 activations rounded to fp16/bf16; F32 none; plus llama.cpp's
   fp16 KV cache. What is left is float summation order -- and, through int8/Q8_K activation
   rounding, values that sit near a rounding boundary and round the other way in one
@@ -30,16 +30,16 @@ import numpy as np
 import pytest
 
 import tiny_checkpoints as tc
-from bitnet_tools import quants  # noqa: F401  (registers I2_S with gguf-py)
+from bitnet_tools import quants  # noqa: F401  (registers our types with gguf-py)
 from bitnet_tools.convert import ConvertError, convert
 
 FAMILIES = ["1bitllm", "2b4t", "2b4t-bf16", "llama"]
-TYPES = ["i2_s", "tq1_0", "tq2_0", "f16", "bf16", "f32"]
+TYPES = ["i2_s", "tl2", "tl1", "tq1_0", "tq2_0", "f16", "bf16", "f32"]
 ARCH = {"1bitllm": "bitnet", "2b4t": "bitnet-b1.58", "2b4t-bf16": "bitnet-b1.58", "llama": "llama"}
-GT = {"I2_S": "i2_s", "TQ1_0": "tq1_0", "TQ2_0": "tq2_0", "F16": "f16", "BF16": "bf16", "F32": "f32"}
+GT = {"I2_S": "i2_s", "TL1": "tl1", "TL2": "tl2", "TQ1_0": "tq1_0", "TQ2_0": "tq2_0", "F16": "f16", "BF16": "bf16", "F32": "f32"}
 ROLES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 # (median token, worst token) relative error; see the module docstring
-TOL = {"i2_s": (1e-2, 3e-2), "tq1_0": (1e-2, 3e-2), "tq2_0": (1e-2, 3e-2),
+TOL = {"i2_s": (1e-2, 3e-2), "tl1": (1e-2, 3e-2), "tl2": (1e-2, 3e-2), "tq1_0": (1e-2, 3e-2), "tq2_0": (1e-2, 3e-2),
        "f16": (5e-4, 1e-3), "bf16": (2e-3, 5e-3), "f32": (1e-4, 5e-4)}
 ACT_QUANT_TOL = (1e-2, 3e-2)
 
@@ -116,6 +116,24 @@ def test_logits_match_reference(ckpts, refs, outdir, family, outtype):
         # full-precision activations: compare with a reference that does not quantize them at all
         med0, worst0 = _rel_err(got, refs[family].forward(toks, types="f32", kv_f16=False, embd=emb))
         assert worst0 < 5e-3, worst0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lookup_table_types_give_the_logits_of_i2_s(ckpts, outdir, family):
+    """TL1 and TL2 compute the same exact integer dot products as I2_S, on the same int8
+    activations, and scale them with the same float operations: their logits are I2_S's to
+    float32 rounding, wherever I2_S itself holds the matrix (not an f16 fallback)."""
+    got = {}
+    for t in ("tl1", "tl2", "i2_s"):
+        path = convert(ckpts[family], outdir / f"{family}-same-{t}.gguf", t, embd_type="f32")
+        types, _, _ = _gguf_types(path)
+        llm = _llama(path)
+        got[t] = (types, _logits(llm, llm.tokenize(tc.TEXT.encode(), add_bos=True)))
+    assert set(got["tl1"][0].values()) == {"tl1"} and set(got["tl2"][0].values()) == {"tl2"}
+    scale = np.abs(got["tl2"][1]).max()
+    assert np.abs(got["tl1"][1] - got["tl2"][1]).max() <= 1e-6 * scale
+    if set(got["i2_s"][0].values()) == {"i2_s"}:
+        assert np.abs(got["i2_s"][1] - got["tl2"][1]).max() <= 1e-6 * scale
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -2,18 +2,23 @@
 numpy class per type in the style of gguf-py's quants.py, bit-identical to the C reference.
 
 Importing this module registers the ids (so `gguf.GGUFReader` accepts our files) and the classes
-(so `gguf.quants.quantize(data, GGMLQuantizationType.I2_S)` works).
+(so `gguf.quants.quantize(data, GGMLQuantizationType.I2_S)` works; TL1/TL2 likewise).
 """
 from __future__ import annotations
 
+import numpy as np
 import gguf
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 # id, (block size, bytes per block) -- must agree with patches/ (ggml.h, ggml.c) and docs/types.md
+# TL1/TL2 interleave rows in tiles, so no (block, bytes) pair gives their size: quants.tl does,
+# and the entry says 0 bytes so that gguf-py's own size arithmetic never reads past a tensor
 TYPES = {
     "I2_S": (36, (128, 32)),
+    "TL1": (64, (1, 0)),
+    "TL2": (65, (1, 0)),
 }
-FILE_TYPES = {"MOSTLY_I2_S": 200}
+FILE_TYPES = {"MOSTLY_I2_S": 200, "MOSTLY_TL1": 201, "MOSTLY_TL2": 202}
 
 
 def _add_member(enum_cls, name: str, value: int):
@@ -44,6 +49,28 @@ def register() -> None:
 
 register()
 
-from .i2_s import I2_S  # noqa: E402  (needs the registered id)
+from .i2_s import I2_S  # noqa: E402  (needs the registered ids)
+from .tl import TL1, TL2  # noqa: E402
 
-__all__ = ["I2_S", "register", "TYPES"]
+
+def _reader_sizes_tiles() -> None:
+    """GGUFReader: give TL1/TL2 tensors their real bytes (gguf-py derives sizes from blocks)."""
+    from gguf.gguf_reader import GGUFReader
+    build = GGUFReader._build_tensors
+    if getattr(build, "bitnet_tiles", False):
+        return
+    tiled = {GGMLQuantizationType.TL1: TL1, GGMLQuantizationType.TL2: TL2}
+
+    def build_tensors(self, start_offs, fields):
+        build(self, start_offs, fields)
+        for i, t in enumerate(self.tensors):
+            if t.tensor_type in tiled:
+                n = tiled[t.tensor_type].nbytes(tuple(int(d) for d in reversed(t.shape)))
+                self.tensors[i] = t._replace(n_bytes=n, data=self._get(t.data_offset, np.uint8, n))
+    build_tensors.bitnet_tiles = True
+    GGUFReader._build_tensors = build_tensors
+
+
+_reader_sizes_tiles()
+
+__all__ = ["I2_S", "TL1", "TL2", "register", "TYPES"]
