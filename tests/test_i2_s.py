@@ -282,7 +282,7 @@ def test_llama_quantize_writes_what_our_numpy_writes(tools, tmp_path):
 
 @pytest.mark.slow
 def test_avx2_only_build_passes_the_same_checks():
-    """The AVX2 path (no AVX-512) is compiled and run here too: a second build of the test
+    """The AVX2 paths (no AVX-512) are compiled and run here too: a second build of the test
     programs with AVX-512 off. Skipped only on CPUs without AVX2, where it cannot run."""
     import platform
     from bitnet_tools import engine
@@ -291,8 +291,10 @@ def test_avx2_only_build_passes_the_same_checks():
     bindir = engine.build_test_programs("avx2")
     r = run([bindir / "test-quantize-fns"])
     assert r.returncode == 0, r.stdout[-2000:]
-    r = run([bindir / "test-backend-ops", "test", "-b", "CPU", "-o", "MUL_MAT", "-p", "type_a=i2_s"])
-    assert r.returncode == 0 and "FAIL" not in r.stdout, r.stdout[-3000:]
+    for name in ("i2_s", "tl1", "tl2"):  # every ternary type's AVX2 kernels against the scalar ones
+        r = run([bindir / "test-backend-ops", "test", "-b", "CPU", "-o", "MUL_MAT", "-p", f"type_a={name}"])
+        assert r.returncode == 0 and "FAIL" not in r.stdout, r.stdout[-3000:]
+        assert sum(f"type_a={name}," in line and "OK" in line for line in r.stdout.splitlines()) >= 130
     # and this build really has no AVX-512: no zmm register anywhere in its CPU backend
     lib = next(bindir.glob("libggml-cpu.so*"))
     asm = run(["objdump", "-d", "--no-show-raw-insn", lib]).stdout
