@@ -69,10 +69,8 @@ size_t ggml_tl_scratch_bytes(enum ggml_type type, int n) {
 
 // trit p (most significant first) of code v, for groups of gw weights
 static inline int tl_trit(int v, int gw, int p) {
-    for (int k = gw - 1; k > p; --k) {
-        v /= 3;
-    }
-    return v % 3 - 1;
+    static const int pow3[3] = {1, 3, 9};
+    return (v / pow3[gw - 1 - p]) % 3 - 1;
 }
 
 void ggml_tl_build_lut(enum ggml_type type, const int8_t * GGML_RESTRICT q, int n, uint8_t * GGML_RESTRICT lut) {
@@ -103,25 +101,35 @@ void ggml_tl_build_lut(enum ggml_type type, const int8_t * GGML_RESTRICT q, int 
     }
 }
 
-// exact integer dot of row r of a run of tiles (nr rows from a tile boundary) with int8 q
-static int32_t tl_dot_row_scalar(enum ggml_type type, int n, const void * x, int nr, int r, const int8_t * q) {
-    const int     gw     = ggml_tl_group(type);
-    const int64_t groups = ggml_tl_chunks(type, n) * TL_CHUNK;
-    int32_t sum = 0;
-    for (int64_t g = 0; g < groups; ++g) {
-        const int code = ggml_tl_code(type, x, n, nr, r, g);
-        for (int p = 0; p < gw; ++p) {
-            const int64_t i = g*gw + p;
-            if (i < n) {
-                sum += tl_trit(code, gw, p) * q[i];
+// exact integer dots of the h rows of one tile (chunks read as the layout describes) with q
+static void tl_dot_tile_scalar(enum ggml_type type, int n, const uint8_t * tile, int h, const int8_t * q, int32_t * sum) {
+    const int     gw = ggml_tl_group(type);
+    const int64_t nc = ggml_tl_chunks(type, n);
+    const size_t  cb = ggml_tl_chunk_bytes(type, h);
+    for (int i = 0; i < h; ++i) {
+        sum[i] = 0;
+    }
+    for (int64_t c = 0; c < nc; ++c) {
+        const uint8_t * chunk = tile + c*cb;
+        for (int lane = 0; lane < TL_CHUNK*h; ++lane) {
+            int code = lane < 2*h ? chunk[lane] & 0x0F : chunk[lane - 2*h] >> 4;
+            if (type == GGML_TYPE_TL2) {
+                code |= ((chunk[2*h + lane/8] >> (lane % 8)) & 1) << 4;
+            }
+            const int64_t g = c*TL_CHUNK + lane % TL_CHUNK;
+            for (int p = 0; p < gw; ++p) {
+                const int64_t k = g*gw + p;
+                if (k < n) {
+                    sum[lane / TL_CHUNK] += tl_trit(code, gw, p) * q[k];
+                }
             }
         }
     }
-    return sum;
 }
 
 static void vec_dot_tl_i8_s(enum ggml_type type, int n, float * GGML_RESTRICT s, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy) {
-    const int32_t isum = tl_dot_row_scalar(type, n, vx, 1, 0, (const int8_t *) vy);
+    int32_t isum;
+    tl_dot_tile_scalar(type, n, (const uint8_t *) vx, 1, (const int8_t *) vy, &isum);
     *s = (float) isum * i8_s_row_d(vy, n) * ggml_tl_scale(type, vx, n, 1);
 }
 
@@ -140,11 +148,17 @@ void ggml_vec_dot_tl2_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void
 void ggml_gemm_tl_i8_s_generic(enum ggml_type type, int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, int nr,
                                const void * GGML_RESTRICT vy, size_t by, int nc, float wscale, void * GGML_RESTRICT scratch) {
     GGML_UNUSED(scratch);
+    const size_t tile_bytes = (size_t) ggml_tl_chunks(type, n) * ggml_tl_chunk_bytes(type, TL_TILE_ROWS);
     for (int c = 0; c < nc; ++c) {
         const int8_t * q = (const int8_t *) ((const char *) vy + c*by);
         const float    d = i8_s_row_d(q, n);
-        for (int r = 0; r < nr; ++r) {
-            s[c*bs + r] = (float) tl_dot_row_scalar(type, n, vx, nr, r, q) * d * wscale;
+        for (int r0 = 0; r0 < nr; r0 += TL_TILE_ROWS) {
+            const int h = nr - r0 < TL_TILE_ROWS ? nr - r0 : TL_TILE_ROWS;
+            int32_t isum[TL_TILE_ROWS];
+            tl_dot_tile_scalar(type, n, (const uint8_t *) vx + (r0 / TL_TILE_ROWS)*tile_bytes, h, q, isum);
+            for (int i = 0; i < h; ++i) {
+                s[c*bs + r0 + i] = (float) isum[i] * d * wscale;
+            }
         }
     }
 }
