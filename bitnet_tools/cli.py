@@ -154,13 +154,13 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
     t.add_row("source tree", r["source_tree"] or "[red]not unpacked[/] (run: bitnet setup)")
     t.add_row("llama_cpp installed", r["llama_cpp_python"] or "[red]no[/] (run: bitnet setup)")
     t.add_row("llama_cpp library", r["llama_cpp_lib"] or "-")
-    t.add_row("patched (knows I2_S)", "[green]yes[/]" if r["i2_s_known"] else "[red]no[/]")
+    t.add_row("patched (knows I2_S, TL1, TL2)", "[green]yes[/]" if r["ternary_types_known"] else "[red]no[/] (run: bitnet setup)")
     feats = ", ".join(k for k, v in r["cpu_features"].items() if v) or "-"
     t.add_row("CPU features in build", feats)
     for flavor, b in r["builds"].items():
         t.add_row(f"build {flavor}", f"key {b['key']} ({'current' if b['current'] else 'stale'}), tools in {b['tools']}")
     console.print(t)
-    if not r["i2_s_known"]:
+    if not r["ternary_types_known"]:
         raise typer.Exit(1)
 
 

@@ -32,6 +32,8 @@ def ggml_type_name(type_id: int) -> str | None:
     lib.ggml_type_name.argtypes = [ctypes.c_int]
     lib.ggml_blck_size.restype = ctypes.c_int64
     lib.ggml_blck_size.argtypes = [ctypes.c_int]
+    if type_id >= 43 and not hasattr(lib, "ggml_tl_nbytes"):
+        return None  # ids past upstream's count exist only in our build: do not index past its tables
     if lib.ggml_blck_size(type_id) == 0:
         return None
     name = lib.ggml_type_name(type_id)
@@ -71,7 +73,9 @@ def report() -> dict:
     installed = engine.installed_version()
     out["llama_cpp_python"] = installed
     out["llama_cpp_lib"] = str(loaded_library_dir()) if installed else None
-    out["i2_s_known"] = ggml_type_name(36) == "i2_s" if installed else False
+    # our ternary types, as the loaded library names them: a stale or unpatched build misses some
+    out["ternary_types_known"] = installed is not None and all(
+        ggml_type_name(tid) == name for tid, name in ((36, "i2_s"), (64, "tl1"), (65, "tl2")))
     feats = cpu_features()
     out["cpu_features"] = {k: feats.get(k, False) for k in
                            ("AVX", "AVX2", "FMA", "F16C", "AVX512", "AVX512_VNNI", "AVX_VNNI", "NEON", "DOTPROD")}
