@@ -43,7 +43,7 @@ void ggml_gemm_i2_s_i8_s_generic(int n, float * GGML_RESTRICT s, size_t bs, cons
 size_t ggml_tl_lut_bytes(enum ggml_type type, int n);
 void   ggml_tl_build_lut(enum ggml_type type, const int8_t * GGML_RESTRICT q, int n, uint8_t * GGML_RESTRICT lut);
 // per-thread scratch the GEMM may use (LUTs of up to TL_SCRATCH_COLS activation rows)
-#define TL_SCRATCH_COLS 4
+#define TL_SCRATCH_COLS 8
 size_t ggml_tl_scratch_bytes(enum ggml_type type, int n);
 
 // vec_dot for test-quantize-fns: vx is a whole 1-row tensor (codes + tail), vy one I8_S row

@@ -512,7 +512,165 @@ void ggml_gemm_i2_s_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void *
 
 #endif
 
+// ---------------------------------------------------------------- TL2 (lookup tables)
+//
+// A full chunk (16 rows x 4 groups = 64 lanes, lane 4i + j) becomes one vector of 64 byte
+// indices code | j << 5 into the chunk's tables (4 groups x 32 entries = 128 bytes, two zmm),
+// so one vpermi2b looks up all 64 partial dot products; dpbusd against ones then adds each
+// row's 4 groups into one int32 lane. Low (unsigned) and high (signed) table bytes are looked
+// up and summed apart: the dot is sum(lo) + 256 * sum(hi), exactly.
+//
+// Blocking: the LUTs of a batch of activation columns stay in L2 while the thread's row tiles
+// stream past; R tiles x C columns of accumulators live in registers, so each index vector is
+// used C times and each table R times.
+
+#if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+
+#define TL2_CHUNK_B 40  // bytes of a full chunk: 32 nibble bytes + a 64-bit mask of the codes' bit 4
+
+// trits of the 5-bit codes, most significant first; codes 27..31 are unused and give 0
+static const int16_t tl2_trits[3][32] = {
+    {-1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0},
+    {-1, -1, -1, 0, 0, 0, 1, 1, 1, -1, -1, -1, 0, 0, 0, 1, 1, 1, -1, -1, -1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0},
+    {-1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, 0, 0, 0, 0, 0},
+};
+
+// ggml_tl_build_lut for TL2, one group (32 int16 values) per zmm
+static void tl2_build_lut(const int8_t * GGML_RESTRICT q, int n, uint8_t * GGML_RESTRICT lut) {
+    const __m512i t0 = _mm512_loadu_si512(tl2_trits[0]);
+    const __m512i t1 = _mm512_loadu_si512(tl2_trits[1]);
+    const __m512i t2 = _mm512_loadu_si512(tl2_trits[2]);
+    const int ngroups = (int) ggml_tl_chunks(GGML_TYPE_TL2, n) * TL_CHUNK;
+    for (int g = 0; g < ngroups; ++g) {
+        const int k = 3*g;
+        const int16_t a0 = k     < n ? q[k]     : 0;
+        const int16_t a1 = k + 1 < n ? q[k + 1] : 0;
+        const int16_t a2 = k + 2 < n ? q[k + 2] : 0;
+        __m512i v = _mm512_mullo_epi16(_mm512_set1_epi16(a0), t0);
+        v = _mm512_add_epi16(v, _mm512_mullo_epi16(_mm512_set1_epi16(a1), t1));
+        v = _mm512_add_epi16(v, _mm512_mullo_epi16(_mm512_set1_epi16(a2), t2));
+        uint8_t * dst = lut + (g / TL_CHUNK)*256 + (g % TL_CHUNK)*32;
+        _mm256_storeu_si256((__m256i *) dst,         _mm512_cvtepi16_epi8(v));
+        _mm256_storeu_si256((__m256i *) (dst + 128), _mm512_cvtepi16_epi8(_mm512_srai_epi16(v, 8)));
+    }
+}
+
+// the 64 table indices of a full chunk
+BITNET_INLINE __m512i tl2_index(const uint8_t * GGML_RESTRICT chunk) {
+    const __m512i shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);   // upper half: high nibbles
+    const __m512i m0f   = _mm512_set1_epi8(0x0F);
+    const __m512i group = _mm512_set1_epi32(0x60402000);              // j << 5 for lanes 4i + j
+    __m512i z = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *) chunk));
+    z = _mm512_srlv_epi64(z, shift);
+    z = _mm512_ternarylogic_epi32(z, m0f, group, 0xEA);              // (z & m0f) | group
+    uint64_t bit4;
+    memcpy(&bit4, chunk + 32, sizeof(bit4));
+    return _mm512_mask_add_epi8(z, _cvtu64_mask64(bit4), z, _mm512_set1_epi8(0x10));
+}
+
+// R full tiles x C columns over all chunks; s points at row 0 of column 0
+BITNET_INLINE void tl2_tiles(int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut,
+                             size_t lut_b, const float * d, float wscale, float * GGML_RESTRICT s, size_t bs,
+                             const int R, const int C) {
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512i acc_lo[8][2], acc_hi[8][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+        for (int c = 0; c < C; ++c) {
+            acc_lo[r][c] = _mm512_setzero_si512();
+            acc_hi[r][c] = _mm512_setzero_si512();
+        }
+    }
+    for (int ch = 0; ch < nch; ++ch) {
+        __m512i idx[8];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+            idx[r] = tl2_index(x + r*tile_b + ch*TL2_CHUNK_B);
+        }
+#pragma GCC unroll 2
+        for (int c = 0; c < C; ++c) {
+            const uint8_t * t = lut + c*lut_b + ch*256;
+            const __m512i lo_a = _mm512_loadu_si512(t),       lo_b = _mm512_loadu_si512(t + 64);
+            const __m512i hi_a = _mm512_loadu_si512(t + 128), hi_b = _mm512_loadu_si512(t + 192);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) {
+                acc_lo[r][c] = _mm512_dpbusd_epi32(acc_lo[r][c], _mm512_permutex2var_epi8(lo_a, idx[r], lo_b), ones);
+                acc_hi[r][c] = _mm512_dpbusd_epi32(acc_hi[r][c], ones, _mm512_permutex2var_epi8(hi_a, idx[r], hi_b));
+            }
+        }
+    }
+    const __m512 ws = _mm512_set1_ps(wscale);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+        for (int c = 0; c < C; ++c) {
+            const __m512i isum = _mm512_add_epi32(acc_lo[r][c], _mm512_slli_epi32(acc_hi[r][c], 8));
+            // (float) isum * d * wscale, in the generic kernel's order
+            const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d[c])), ws);
+            _mm512_storeu_ps(s + c*bs + r*TL_TILE_ROWS, v);
+        }
+    }
+}
+
+static void tl2_gemm512(int n, float * GGML_RESTRICT s, size_t bs, const uint8_t * GGML_RESTRICT x, int nr,
+                        const int8_t * GGML_RESTRICT y, size_t by, int nc, float wscale, uint8_t * GGML_RESTRICT scratch) {
+    const int    nch    = (int) ggml_tl_chunks(GGML_TYPE_TL2, n);
+    const size_t tile_b = (size_t) nch * TL2_CHUNK_B;
+    const size_t lut_b  = GGML_PAD(ggml_tl_lut_bytes(GGML_TYPE_TL2, n), 64);
+    const int    full   = nr / TL_TILE_ROWS;
+    // columns whose LUTs are built at once: as many as stay in L2 (and fit the scratch)
+    int batch = (int)((512*1024) / lut_b);
+    batch = batch < 2 ? 2 : batch > TL_SCRATCH_COLS ? TL_SCRATCH_COLS : batch;
+
+    for (int c0 = 0; c0 < nc; c0 += batch) {
+        const int cn = nc - c0 < batch ? nc - c0 : batch;
+        float d[TL_SCRATCH_COLS];
+        for (int c = 0; c < cn; ++c) {
+            const int8_t * q = y + (c0 + c)*by;
+            tl2_build_lut(q, n, scratch + c*lut_b);
+            memcpy(&d[c], q + n, sizeof(float));
+        }
+        int t = 0;
+        if (cn == 1) {
+            for (; t + 8 <= full; t += 8) {
+                tl2_tiles(nch, x + t*tile_b, tile_b, scratch, lut_b, d, wscale, s + c0*bs + t*TL_TILE_ROWS, bs, 8, 1);
+            }
+            for (; t < full; ++t) {
+                tl2_tiles(nch, x + t*tile_b, tile_b, scratch, lut_b, d, wscale, s + c0*bs + t*TL_TILE_ROWS, bs, 1, 1);
+            }
+        } else {
+            for (; t + 4 <= full; t += 4) {
+                int c = 0;
+                for (; c + 2 <= cn; c += 2) {
+                    tl2_tiles(nch, x + t*tile_b, tile_b, scratch + c*lut_b, lut_b, d + c, wscale, s + (c0 + c)*bs + t*TL_TILE_ROWS, bs, 4, 2);
+                }
+                for (; c < cn; ++c) {
+                    tl2_tiles(nch, x + t*tile_b, tile_b, scratch + c*lut_b, lut_b, d + c, wscale, s + (c0 + c)*bs + t*TL_TILE_ROWS, bs, 4, 1);
+                }
+            }
+            for (; t < full; ++t) {
+                for (int c = 0; c < cn; ++c) {
+                    tl2_tiles(nch, x + t*tile_b, tile_b, scratch + c*lut_b, lut_b, d + c, wscale, s + (c0 + c)*bs + t*TL_TILE_ROWS, bs, 1, 1);
+                }
+            }
+        }
+        if (full*TL_TILE_ROWS < nr) {  // the tensor's last, shorter tile
+            ggml_gemm_tl_i8_s_generic(GGML_TYPE_TL2, n, s + c0*bs + full*TL_TILE_ROWS, bs, x + full*tile_b,
+                                      nr - full*TL_TILE_ROWS, y + c0*by, by, cn, wscale, NULL);
+        }
+    }
+}
+
+#endif
+
 void ggml_gemm_tl_i8_s(enum ggml_type type, int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, int nr,
                        const void * GGML_RESTRICT vy, size_t by, int nc, float wscale, void * GGML_RESTRICT scratch) {
+#if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    if (type == GGML_TYPE_TL2) {
+        tl2_gemm512(n, s, bs, (const uint8_t *) vx, nr, (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
+        return;
+    }
+#endif
     ggml_gemm_tl_i8_s_generic(type, n, s, bs, vx, nr, vy, by, nc, wscale, scratch);
 }
