@@ -662,15 +662,158 @@ static void tl2_gemm512(int n, float * GGML_RESTRICT s, size_t bs, const uint8_t
     }
 }
 
+#elif defined(__AVX2__)
+
+// AVX2 (no byte permutes across 64 entries): a chunk's 64 lanes are transposed once into two
+// vectors whose 128-bit halves each hold one group's 16 rows -- X = (group 0 | group 2),
+// Y = (group 1 | group 3) -- so that pshufb's per-half 16-entry tables fit: codes 0-15 and 16-31
+// are two lookups merged with pshufb's zeroing (index bit 7). Low and high table bytes are
+// interleaved into exact int16 values and summed in int16 for up to 32 chunks (|2 x 384| per
+// chunk), then widened. This path keeps its own table order (per chunk, 8 vectors: X's
+// low/high bytes for codes 0-15 and 16-31, then Y's).
+
+#define TL2_CHUNK_B 40
+#define TL2_FLUSH   32  // chunks summed in int16 before widening
+
+static const int16_t tl2_trits[3][32] = {
+    {-1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0},
+    {-1, -1, -1, 0, 0, 0, 1, 1, 1, -1, -1, -1, 0, 0, 0, 1, 1, 1, -1, -1, -1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0},
+    {-1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, 0, 0, 0, 0, 0},
+};
+
+// one group's 32 table values as (low bytes, high bytes), each ordered codes 0-15 | codes 16-31
+static inline void tl2_group_bytes(int16_t a0, int16_t a1, int16_t a2, __m256i * lo, __m256i * hi) {
+    __m256i v[2];
+    for (int h = 0; h < 2; ++h) {
+        __m256i x = _mm256_mullo_epi16(_mm256_set1_epi16(a0), _mm256_loadu_si256((const __m256i *) (tl2_trits[0] + 16*h)));
+        x = _mm256_add_epi16(x, _mm256_mullo_epi16(_mm256_set1_epi16(a1), _mm256_loadu_si256((const __m256i *) (tl2_trits[1] + 16*h))));
+        x = _mm256_add_epi16(x, _mm256_mullo_epi16(_mm256_set1_epi16(a2), _mm256_loadu_si256((const __m256i *) (tl2_trits[2] + 16*h))));
+        v[h] = x;
+    }
+    const __m256i mff = _mm256_set1_epi16(0xFF);
+    // packs work per 128-bit half: reorder the 64-bit pieces back to code order
+    *lo = _mm256_permute4x64_epi64(_mm256_packus_epi16(_mm256_and_si256(v[0], mff), _mm256_and_si256(v[1], mff)), 0xD8);
+    *hi = _mm256_permute4x64_epi64(_mm256_packs_epi16(_mm256_srai_epi16(v[0], 8), _mm256_srai_epi16(v[1], 8)), 0xD8);
+}
+
+static void tl2_build_lut_avx2(const int8_t * GGML_RESTRICT q, int n, uint8_t * GGML_RESTRICT lut) {
+    const int nch = (int) ggml_tl_chunks(GGML_TYPE_TL2, n);
+    for (int c = 0; c < nch; ++c) {
+        __m256i lo[4], hi[4];
+        for (int j = 0; j < 4; ++j) {
+            const int k = 3*(4*c + j);
+            tl2_group_bytes(k < n ? q[k] : 0, k + 1 < n ? q[k + 1] : 0, k + 2 < n ? q[k + 2] : 0, &lo[j], &hi[j]);
+        }
+        __m256i * t = (__m256i *) (lut + c*256);
+        for (int xy = 0; xy < 2; ++xy) {  // X: groups 0 and 2, Y: groups 1 and 3
+            const int ja = xy, jb = xy + 2;
+            _mm256_storeu_si256(t + 4*xy + 0, _mm256_permute2x128_si256(lo[ja], lo[jb], 0x20));
+            _mm256_storeu_si256(t + 4*xy + 1, _mm256_permute2x128_si256(lo[ja], lo[jb], 0x31));
+            _mm256_storeu_si256(t + 4*xy + 2, _mm256_permute2x128_si256(hi[ja], hi[jb], 0x20));
+            _mm256_storeu_si256(t + 4*xy + 3, _mm256_permute2x128_si256(hi[ja], hi[jb], 0x31));
+        }
+    }
+}
+
+// 32 bits of m -> 32 bytes, 0x10 where the bit is set
+static inline __m256i tl2_bits_to_0x10(uint32_t m) {
+    const __m256i sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                         2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long) 0x8040201008040201ULL);
+    __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int) m), sel);
+    b = _mm256_cmpeq_epi8(_mm256_and_si256(b, bit), bit);
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x10));
+}
+
+// a full chunk's codes as X = (group 0 | group 2) and Y = (group 1 | group 3), rows 0-15 each
+static inline void tl2_transpose(const uint8_t * GGML_RESTRICT chunk, __m256i * X, __m256i * Y) {
+    const __m256i m0f = _mm256_set1_epi8(0x0F);
+    const __m256i nib = _mm256_loadu_si256((const __m256i *) chunk);
+    uint32_t m[2];
+    memcpy(m, chunk + 32, sizeof(m));
+    __m256i lo = _mm256_or_si256(_mm256_and_si256(nib, m0f), tl2_bits_to_0x10(m[0]));                       // lanes 0-31
+    __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(nib, 4), m0f), tl2_bits_to_0x10(m[1])); // lanes 32-63
+    // per 16 bytes (4 rows x 4 groups): group-major, then the 4 x 4 dwords across the halves
+    const __m256i gm = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                        0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    lo = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(lo, gm), perm);
+    hi = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(hi, gm), perm);
+    *X = _mm256_unpacklo_epi64(lo, hi);
+    *Y = _mm256_unpackhi_epi64(lo, hi);
+}
+
+// low (xs = 0) or high (xs = 2) table bytes of 32 codes: codes 0-15 from t[0], 16-31 from t[1]
+static inline __m256i tl2_lookup(const __m256i * t, __m256i i0, __m256i i1) {
+    return _mm256_or_si256(_mm256_shuffle_epi8(_mm256_loadu_si256(t), i0), _mm256_shuffle_epi8(_mm256_loadu_si256(t + 1), i1));
+}
+
+static void tl2_tile_avx2(int nch, const uint8_t * GGML_RESTRICT x, const uint8_t * GGML_RESTRICT lut, float d, float wscale,
+                          float * GGML_RESTRICT s) {
+    const __m256i c70 = _mm256_set1_epi8(0x70);
+    const __m256i c10 = _mm256_set1_epi8(0x10);
+    __m256i acc_lo = _mm256_setzero_si256(), acc_hi = _mm256_setzero_si256();  // int32 rows 0-7, 8-15
+    for (int c0 = 0; c0 < nch; c0 += TL2_FLUSH) {
+        const int c1 = c0 + TL2_FLUSH < nch ? c0 + TL2_FLUSH : nch;
+        __m256i s_lo = _mm256_setzero_si256(), s_hi = _mm256_setzero_si256();  // int16
+        for (int c = c0; c < c1; ++c) {
+            __m256i X, Y;
+            tl2_transpose(x + c*TL2_CHUNK_B, &X, &Y);
+            const __m256i * t = (const __m256i *) (lut + c*256);
+            // index bit 7 set -> pshufb gives 0: i0 keeps codes 0-15, i1 codes 16-31
+            const __m256i x0 = _mm256_add_epi8(X, c70), x1 = _mm256_add_epi8(_mm256_xor_si256(X, c10), c70);
+            const __m256i y0 = _mm256_add_epi8(Y, c70), y1 = _mm256_add_epi8(_mm256_xor_si256(Y, c10), c70);
+            const __m256i xl = tl2_lookup(t + 0, x0, x1), xh = tl2_lookup(t + 2, x0, x1);
+            const __m256i yl = tl2_lookup(t + 4, y0, y1), yh = tl2_lookup(t + 6, y0, y1);
+            // exact int16 values: rows 0-7 from the low 8 bytes of each half, rows 8-15 from the high
+            s_lo = _mm256_add_epi16(s_lo, _mm256_add_epi16(_mm256_unpacklo_epi8(xl, xh), _mm256_unpacklo_epi8(yl, yh)));
+            s_hi = _mm256_add_epi16(s_hi, _mm256_add_epi16(_mm256_unpackhi_epi8(xl, xh), _mm256_unpackhi_epi8(yl, yh)));
+        }
+        // the two halves hold groups (0+1) and (2+3) of the same rows
+        acc_lo = _mm256_add_epi32(acc_lo, _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(s_lo)),
+                                                           _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s_lo, 1))));
+        acc_hi = _mm256_add_epi32(acc_hi, _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(s_hi)),
+                                                           _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s_hi, 1))));
+    }
+    const __m256 vd = _mm256_set1_ps(d), ws = _mm256_set1_ps(wscale);
+    _mm256_storeu_ps(s,     _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc_lo), vd), ws));
+    _mm256_storeu_ps(s + 8, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc_hi), vd), ws));
+}
+
+static void tl2_gemm_avx2(int n, float * GGML_RESTRICT s, size_t bs, const uint8_t * GGML_RESTRICT x, int nr,
+                          const int8_t * GGML_RESTRICT y, size_t by, int nc, float wscale, uint8_t * GGML_RESTRICT scratch) {
+    const int    nch    = (int) ggml_tl_chunks(GGML_TYPE_TL2, n);
+    const size_t tile_b = (size_t) nch * TL2_CHUNK_B;
+    const size_t lut_b  = GGML_PAD(ggml_tl_lut_bytes(GGML_TYPE_TL2, n), 64);
+    const int    full   = nr / TL_TILE_ROWS;
+    for (int c = 0; c < nc; ++c) {
+        const int8_t * q = y + c*by;
+        float d;
+        memcpy(&d, q + n, sizeof(float));
+        tl2_build_lut_avx2(q, n, scratch);
+        for (int t = 0; t < full; ++t) {
+            tl2_tile_avx2(nch, x + t*tile_b, scratch, d, wscale, s + c*bs + t*TL_TILE_ROWS);
+        }
+    }
+    GGML_UNUSED(lut_b);
+    if (full*TL_TILE_ROWS < nr) {  // the tensor's last, shorter tile
+        ggml_gemm_tl_i8_s_generic(GGML_TYPE_TL2, n, s + full*TL_TILE_ROWS, bs, x + full*tile_b,
+                                  nr - full*TL_TILE_ROWS, y, by, nc, wscale, NULL);
+    }
+}
+
 #endif
 
 void ggml_gemm_tl_i8_s(enum ggml_type type, int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, int nr,
                        const void * GGML_RESTRICT vy, size_t by, int nc, float wscale, void * GGML_RESTRICT scratch) {
-#if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
     if (type == GGML_TYPE_TL2) {
+#if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
         tl2_gemm512(n, s, bs, (const uint8_t *) vx, nr, (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
         return;
-    }
+#elif defined(__AVX2__)
+        tl2_gemm_avx2(n, s, bs, (const uint8_t *) vx, nr, (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
+        return;
 #endif
+    }
     ggml_gemm_tl_i8_s_generic(type, n, s, bs, vx, nr, vy, by, nc, wscale, scratch);
 }
