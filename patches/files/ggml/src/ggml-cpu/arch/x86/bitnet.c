@@ -512,13 +512,14 @@ void ggml_gemm_i2_s_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void *
 
 #endif
 
-// ---------------------------------------------------------------- TL2 (lookup tables)
+// ---------------------------------------------------------------- TL1 / TL2 (lookup tables)
 //
 // A full chunk (16 rows x 4 groups = 64 lanes, lane 4i + j) becomes one vector of 64 byte
-// indices code | j << 5 into the chunk's tables (4 groups x 32 entries = 128 bytes, two zmm),
-// so one vpermi2b looks up all 64 partial dot products; dpbusd against ones then adds each
-// row's 4 groups into one int32 lane. Low (unsigned) and high (signed) table bytes are looked
-// up and summed apart: the dot is sum(lo) + 256 * sum(hi), exactly.
+// indices into the chunk's tables: TL2 code | j << 5 into 4 x 32 entries (128 bytes, two zmm:
+// vpermi2b), TL1 code | j << 4 into 4 x 16 entries (one zmm: vpermb). One lookup gives all 64
+// partial dot products; dpbusd against ones then adds each row's 4 groups into one int32 lane.
+// Low (unsigned) and high (signed) table bytes are looked up and summed apart: the dot is
+// sum(lo) + 256 * sum(hi), exactly.
 //
 // Blocking: the LUTs of a batch of activation columns stay in L2 while the thread's row tiles
 // stream past; R tiles x C columns of accumulators live in registers, so each index vector is
@@ -526,52 +527,70 @@ void ggml_gemm_i2_s_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void *
 
 #if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
 
-#define TL2_CHUNK_B 40  // bytes of a full chunk: 32 nibble bytes + a 64-bit mask of the codes' bit 4
-
-// trits of the 5-bit codes, most significant first; codes 27..31 are unused and give 0
+// trits of the codes, most significant first: TL2 codes 0..26 (27..31 unused, give 0)
 static const int16_t tl2_trits[3][32] = {
     {-1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0},
     {-1, -1, -1, 0, 0, 0, 1, 1, 1, -1, -1, -1, 0, 0, 0, 1, 1, 1, -1, -1, -1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0},
     {-1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1, 0, 0, 0, 0, 0},
 };
+// TL1 codes 0..8 (9..15 unused)
+static const int16_t tl1_trits[2][16] = {
+    {-1, -1, -1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0},
+    {-1, 0, 1, -1, 0, 1, -1, 0, 1, 0, 0, 0, 0, 0, 0, 0},
+};
 
-// ggml_tl_build_lut for TL2, one group (32 int16 values) per zmm
-static void tl2_build_lut(const int8_t * GGML_RESTRICT q, int n, uint8_t * GGML_RESTRICT lut) {
-    const __m512i t0 = _mm512_loadu_si512(tl2_trits[0]);
-    const __m512i t1 = _mm512_loadu_si512(tl2_trits[1]);
-    const __m512i t2 = _mm512_loadu_si512(tl2_trits[2]);
-    const int ngroups = (int) ggml_tl_chunks(GGML_TYPE_TL2, n) * TL_CHUNK;
-    for (int g = 0; g < ngroups; ++g) {
-        const int k = 3*g;
-        const int16_t a0 = k     < n ? q[k]     : 0;
-        const int16_t a1 = k + 1 < n ? q[k + 1] : 0;
-        const int16_t a2 = k + 2 < n ? q[k + 2] : 0;
-        __m512i v = _mm512_mullo_epi16(_mm512_set1_epi16(a0), t0);
-        v = _mm512_add_epi16(v, _mm512_mullo_epi16(_mm512_set1_epi16(a1), t1));
-        v = _mm512_add_epi16(v, _mm512_mullo_epi16(_mm512_set1_epi16(a2), t2));
-        uint8_t * dst = lut + (g / TL_CHUNK)*256 + (g % TL_CHUNK)*32;
-        _mm256_storeu_si256((__m256i *) dst,         _mm512_cvtepi16_epi8(v));
-        _mm256_storeu_si256((__m256i *) (dst + 128), _mm512_cvtepi16_epi8(_mm512_srai_epi16(v, 8)));
+// ggml_tl_build_lut, one group's table per vector
+static void tl_build_lut512(enum ggml_type type, const int8_t * GGML_RESTRICT q, int n, uint8_t * GGML_RESTRICT lut) {
+    const int ngroups = (int) ggml_tl_chunks(type, n) * TL_CHUNK;
+    if (type == GGML_TYPE_TL2) {
+        const __m512i t0 = _mm512_loadu_si512(tl2_trits[0]);
+        const __m512i t1 = _mm512_loadu_si512(tl2_trits[1]);
+        const __m512i t2 = _mm512_loadu_si512(tl2_trits[2]);
+        for (int g = 0; g < ngroups; ++g) {
+            const int k = 3*g;
+            __m512i v = _mm512_mullo_epi16(_mm512_set1_epi16(k < n ? q[k] : 0), t0);
+            v = _mm512_add_epi16(v, _mm512_mullo_epi16(_mm512_set1_epi16(k + 1 < n ? q[k + 1] : 0), t1));
+            v = _mm512_add_epi16(v, _mm512_mullo_epi16(_mm512_set1_epi16(k + 2 < n ? q[k + 2] : 0), t2));
+            uint8_t * dst = lut + (g / TL_CHUNK)*256 + (g % TL_CHUNK)*32;
+            _mm256_storeu_si256((__m256i *) dst,         _mm512_cvtepi16_epi8(v));
+            _mm256_storeu_si256((__m256i *) (dst + 128), _mm512_cvtepi16_epi8(_mm512_srai_epi16(v, 8)));
+        }
+    } else {
+        const __m256i t0 = _mm256_loadu_si256((const __m256i *) tl1_trits[0]);
+        const __m256i t1 = _mm256_loadu_si256((const __m256i *) tl1_trits[1]);
+        for (int g = 0; g < ngroups; ++g) {
+            const int k = 2*g;
+            __m256i v = _mm256_mullo_epi16(_mm256_set1_epi16(k < n ? q[k] : 0), t0);
+            v = _mm256_add_epi16(v, _mm256_mullo_epi16(_mm256_set1_epi16(k + 1 < n ? q[k + 1] : 0), t1));
+            uint8_t * dst = lut + (g / TL_CHUNK)*128 + (g % TL_CHUNK)*16;
+            _mm_storeu_si128((__m128i *) dst,        _mm256_cvtepi16_epi8(v));
+            _mm_storeu_si128((__m128i *) (dst + 64), _mm256_cvtepi16_epi8(_mm256_srai_epi16(v, 8)));
+        }
     }
 }
 
 // the 64 table indices of a full chunk
-BITNET_INLINE __m512i tl2_index(const uint8_t * GGML_RESTRICT chunk) {
+BITNET_INLINE __m512i tl_index(const uint8_t * GGML_RESTRICT chunk, const int tl2) {
     const __m512i shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);   // upper half: high nibbles
     const __m512i m0f   = _mm512_set1_epi8(0x0F);
-    const __m512i group = _mm512_set1_epi32(0x60402000);              // j << 5 for lanes 4i + j
+    const __m512i group = _mm512_set1_epi32(tl2 ? 0x60402000 : 0x30201000);  // j << 5 / j << 4, lane 4i + j
     __m512i z = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *) chunk));
     z = _mm512_srlv_epi64(z, shift);
     z = _mm512_ternarylogic_epi32(z, m0f, group, 0xEA);              // (z & m0f) | group
-    uint64_t bit4;
-    memcpy(&bit4, chunk + 32, sizeof(bit4));
-    return _mm512_mask_add_epi8(z, _cvtu64_mask64(bit4), z, _mm512_set1_epi8(0x10));
+    if (tl2) {  // bit 4 of the codes, one mask bit per lane
+        uint64_t bit4;
+        memcpy(&bit4, chunk + 32, sizeof(bit4));
+        z = _mm512_mask_add_epi8(z, _cvtu64_mask64(bit4), z, _mm512_set1_epi8(0x10));
+    }
+    return z;
 }
 
 // R full tiles x C columns over all chunks; s points at row 0 of column 0
-BITNET_INLINE void tl2_tiles(int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut,
-                             size_t lut_b, const float * d, float wscale, float * GGML_RESTRICT s, size_t bs,
-                             const int R, const int C) {
+BITNET_INLINE void tl_tiles(int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut,
+                            size_t lut_b, const float * d, float wscale, float * GGML_RESTRICT s, size_t bs,
+                            const int tl2, const int R, const int C) {
+    const int     chunk_b = tl2 ? 40 : 32;   // 32 nibble bytes (+ TL2: the 64-bit mask of bit 4)
+    const int     table_b = tl2 ? 256 : 128; // LUT bytes per chunk
     const __m512i ones = _mm512_set1_epi8(1);
     __m512i acc_lo[8][2], acc_hi[8][2];
 #pragma GCC unroll 8
@@ -586,17 +605,26 @@ BITNET_INLINE void tl2_tiles(int nch, const uint8_t * GGML_RESTRICT x, size_t ti
         __m512i idx[8];
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
-            idx[r] = tl2_index(x + r*tile_b + ch*TL2_CHUNK_B);
+            idx[r] = tl_index(x + r*tile_b + ch*chunk_b, tl2);
         }
 #pragma GCC unroll 2
         for (int c = 0; c < C; ++c) {
-            const uint8_t * t = lut + c*lut_b + ch*256;
-            const __m512i lo_a = _mm512_loadu_si512(t),       lo_b = _mm512_loadu_si512(t + 64);
-            const __m512i hi_a = _mm512_loadu_si512(t + 128), hi_b = _mm512_loadu_si512(t + 192);
+            const uint8_t * t = lut + c*lut_b + ch*table_b;
+            if (tl2) {
+                const __m512i lo_a = _mm512_loadu_si512(t),       lo_b = _mm512_loadu_si512(t + 64);
+                const __m512i hi_a = _mm512_loadu_si512(t + 128), hi_b = _mm512_loadu_si512(t + 192);
 #pragma GCC unroll 8
-            for (int r = 0; r < R; ++r) {
-                acc_lo[r][c] = _mm512_dpbusd_epi32(acc_lo[r][c], _mm512_permutex2var_epi8(lo_a, idx[r], lo_b), ones);
-                acc_hi[r][c] = _mm512_dpbusd_epi32(acc_hi[r][c], ones, _mm512_permutex2var_epi8(hi_a, idx[r], hi_b));
+                for (int r = 0; r < R; ++r) {
+                    acc_lo[r][c] = _mm512_dpbusd_epi32(acc_lo[r][c], _mm512_permutex2var_epi8(lo_a, idx[r], lo_b), ones);
+                    acc_hi[r][c] = _mm512_dpbusd_epi32(acc_hi[r][c], ones, _mm512_permutex2var_epi8(hi_a, idx[r], hi_b));
+                }
+            } else {
+                const __m512i lo = _mm512_loadu_si512(t), hi = _mm512_loadu_si512(t + 64);
+#pragma GCC unroll 8
+                for (int r = 0; r < R; ++r) {
+                    acc_lo[r][c] = _mm512_dpbusd_epi32(acc_lo[r][c], _mm512_permutexvar_epi8(idx[r], lo), ones);
+                    acc_hi[r][c] = _mm512_dpbusd_epi32(acc_hi[r][c], ones, _mm512_permutexvar_epi8(idx[r], hi));
+                }
             }
         }
     }
@@ -613,11 +641,37 @@ BITNET_INLINE void tl2_tiles(int nch, const uint8_t * GGML_RESTRICT x, size_t ti
     }
 }
 
-static void tl2_gemm512(int n, float * GGML_RESTRICT s, size_t bs, const uint8_t * GGML_RESTRICT x, int nr,
-                        const int8_t * GGML_RESTRICT y, size_t by, int nc, float wscale, uint8_t * GGML_RESTRICT scratch) {
-    const int    nch    = (int) ggml_tl_chunks(GGML_TYPE_TL2, n);
-    const size_t tile_b = (size_t) nch * TL2_CHUNK_B;
-    const size_t lut_b  = GGML_PAD(ggml_tl_lut_bytes(GGML_TYPE_TL2, n), 64);
+// the full tiles t0.. of a batch of columns whose LUTs are built
+BITNET_INLINE void tl_batch(int nch, int full, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut,
+                            size_t lut_b, const float * d, int cn, float wscale, float * GGML_RESTRICT s, size_t bs, const int tl2) {
+    int t = 0;
+    if (cn == 1) {  // token generation: 8 tiles share each table load
+        for (; t + 8 <= full; t += 8) {
+            tl_tiles(nch, x + t*tile_b, tile_b, lut, lut_b, d, wscale, s + t*TL_TILE_ROWS, bs, tl2, 8, 1);
+        }
+    } else {
+        for (; t + 4 <= full; t += 4) {
+            int c = 0;
+            for (; c + 2 <= cn; c += 2) {
+                tl_tiles(nch, x + t*tile_b, tile_b, lut + c*lut_b, lut_b, d + c, wscale, s + c*bs + t*TL_TILE_ROWS, bs, tl2, 4, 2);
+            }
+            for (; c < cn; ++c) {
+                tl_tiles(nch, x + t*tile_b, tile_b, lut + c*lut_b, lut_b, d + c, wscale, s + c*bs + t*TL_TILE_ROWS, bs, tl2, 4, 1);
+            }
+        }
+    }
+    for (; t < full; ++t) {
+        for (int c = 0; c < cn; ++c) {
+            tl_tiles(nch, x + t*tile_b, tile_b, lut + c*lut_b, lut_b, d + c, wscale, s + c*bs + t*TL_TILE_ROWS, bs, tl2, 1, 1);
+        }
+    }
+}
+
+static void tl_gemm512(enum ggml_type type, int n, float * GGML_RESTRICT s, size_t bs, const uint8_t * GGML_RESTRICT x, int nr,
+                       const int8_t * GGML_RESTRICT y, size_t by, int nc, float wscale, uint8_t * GGML_RESTRICT scratch) {
+    const int    nch    = (int) ggml_tl_chunks(type, n);
+    const size_t tile_b = (size_t) nch * ggml_tl_chunk_bytes(type, TL_TILE_ROWS);
+    const size_t lut_b  = GGML_PAD(ggml_tl_lut_bytes(type, n), 64);
     const int    full   = nr / TL_TILE_ROWS;
     // columns whose LUTs are built at once: as many as stay in L2 (and fit the scratch)
     int batch = (int)((512*1024) / lut_b);
@@ -628,35 +682,16 @@ static void tl2_gemm512(int n, float * GGML_RESTRICT s, size_t bs, const uint8_t
         float d[TL_SCRATCH_COLS];
         for (int c = 0; c < cn; ++c) {
             const int8_t * q = y + (c0 + c)*by;
-            tl2_build_lut(q, n, scratch + c*lut_b);
+            tl_build_lut512(type, q, n, scratch + c*lut_b);
             memcpy(&d[c], q + n, sizeof(float));
         }
-        int t = 0;
-        if (cn == 1) {
-            for (; t + 8 <= full; t += 8) {
-                tl2_tiles(nch, x + t*tile_b, tile_b, scratch, lut_b, d, wscale, s + c0*bs + t*TL_TILE_ROWS, bs, 8, 1);
-            }
-            for (; t < full; ++t) {
-                tl2_tiles(nch, x + t*tile_b, tile_b, scratch, lut_b, d, wscale, s + c0*bs + t*TL_TILE_ROWS, bs, 1, 1);
-            }
+        if (type == GGML_TYPE_TL2) {
+            tl_batch(nch, full, x, tile_b, scratch, lut_b, d, cn, wscale, s + c0*bs, bs, 1);
         } else {
-            for (; t + 4 <= full; t += 4) {
-                int c = 0;
-                for (; c + 2 <= cn; c += 2) {
-                    tl2_tiles(nch, x + t*tile_b, tile_b, scratch + c*lut_b, lut_b, d + c, wscale, s + (c0 + c)*bs + t*TL_TILE_ROWS, bs, 4, 2);
-                }
-                for (; c < cn; ++c) {
-                    tl2_tiles(nch, x + t*tile_b, tile_b, scratch + c*lut_b, lut_b, d + c, wscale, s + (c0 + c)*bs + t*TL_TILE_ROWS, bs, 4, 1);
-                }
-            }
-            for (; t < full; ++t) {
-                for (int c = 0; c < cn; ++c) {
-                    tl2_tiles(nch, x + t*tile_b, tile_b, scratch + c*lut_b, lut_b, d + c, wscale, s + (c0 + c)*bs + t*TL_TILE_ROWS, bs, 1, 1);
-                }
-            }
+            tl_batch(nch, full, x, tile_b, scratch, lut_b, d, cn, wscale, s + c0*bs, bs, 0);
         }
         if (full*TL_TILE_ROWS < nr) {  // the tensor's last, shorter tile
-            ggml_gemm_tl_i8_s_generic(GGML_TYPE_TL2, n, s + c0*bs + full*TL_TILE_ROWS, bs, x + full*tile_b,
+            ggml_gemm_tl_i8_s_generic(type, n, s + c0*bs + full*TL_TILE_ROWS, bs, x + full*tile_b,
                                       nr - full*TL_TILE_ROWS, y + c0*by, by, cn, wscale, NULL);
         }
     }
@@ -806,14 +841,14 @@ static void tl2_gemm_avx2(int n, float * GGML_RESTRICT s, size_t bs, const uint8
 
 void ggml_gemm_tl_i8_s(enum ggml_type type, int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, int nr,
                        const void * GGML_RESTRICT vy, size_t by, int nc, float wscale, void * GGML_RESTRICT scratch) {
-    if (type == GGML_TYPE_TL2) {
 #if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
-        tl2_gemm512(n, s, bs, (const uint8_t *) vx, nr, (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
-        return;
+    tl_gemm512(type, n, s, bs, (const uint8_t *) vx, nr, (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
+    return;
 #elif defined(__AVX2__)
+    if (type == GGML_TYPE_TL2) {
         tl2_gemm_avx2(n, s, bs, (const uint8_t *) vx, nr, (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
         return;
-#endif
     }
+#endif
     ggml_gemm_tl_i8_s_generic(type, n, s, bs, vx, nr, vy, by, nc, wscale, scratch);
 }
