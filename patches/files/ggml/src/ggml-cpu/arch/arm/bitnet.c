@@ -9,9 +9,10 @@
 //                                  x & 3         with q[96 + 16h ..]
 // Codes are 0..2, so signed byte dot products take them directly; sum((code - 1) * q) =
 // sum(code * q) - sum(q), with sum(q) stored in the I8_S row. With the dot product extension
-// (ARMv8.2 DOTPROD) one vdotq_s32 adds 16 products into 4 lanes; without it vmull/vmlal give
-// int16 pairs (|2 * 3 * 128| at most: no overflow) and vpadalq widens them. Either way the integer
-// dot is exact and the float result is formed as the generic kernel does: (float) isum * d * wscale.
+// (ARMv8.2 DOTPROD) one vdotq_s32 adds 16 products into 4 lanes; without it (ARMv8.0 cores such
+// as Cortex-A53/A72) vmull/vmlal sum a group's products in int16 lanes and vpadalq widens them.
+// Either way the integer dot is exact and the float result is formed as the generic kernel does:
+// (float) isum * d * wscale, so results are bit-identical to it.
 //
 // On 32-bit ARM (no vaddvq, vqtbl4q, ...) every name here is the generic kernel.
 #define GGML_COMMON_DECL_C
@@ -46,18 +47,6 @@ static inline int32_t bitnet_row_sum(const int8_t * q, int n) {
     int32_t s;
     memcpy(&s, q + n + sizeof(float), sizeof(int32_t));
     return s;
-}
-
-// acc += the products a * b, 16 of them added into 4 int32 lanes (which lane gets which product
-// differs between the two paths; only lane totals are used)
-BITNET_INLINE int32x4_t bitnet_dot(int32x4_t acc, int8x16_t a, int8x16_t b) {
-#if defined(__ARM_FEATURE_DOTPROD)
-    return vdotq_s32(acc, a, b);
-#else
-    int16x8_t p = vmull_s8(vget_low_s8(a), vget_low_s8(b));
-    p = vmlal_high_s8(p, a, b);
-    return vpadalq_s16(acc, p);
-#endif
 }
 
 // acc lane k += bytes 4k .. 4k+3 of v (unsigned / signed): one row's 4 groups in the TL kernels
@@ -133,8 +122,11 @@ void quantize_row_i8_s(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, i
 
 #if defined(BITNET_NEON)
 
-#define BITNET_R 4   // weight rows per GEMM tile
-#define BITNET_C 4   // activation columns per GEMM tile: 16 accumulators + 8 code/weight vectors
+// GEMM tile: 2 weight rows x 4 activation columns. The accumulators (and without the dot product
+// their int16 partial sums) and a group's 16 code vectors stay in registers: GCC 12 spills in the
+// inner loop with 4 x 4 or 3 x 4.
+#define BITNET_R 2
+#define BITNET_C 4
 
 // activation columns per L2 block: ~384 KiB of int8 values, at least one column tile
 static inline int bitnet_col_block(int n) {
@@ -145,6 +137,8 @@ static inline int bitnet_col_block(int n) {
 
 // R weight rows x C activation columns over the whole row. Per half group and code position k,
 // each row's 16 codes are unpacked once and used C times, each activation vector R times.
+// Without the dot product, a group's products are summed in int16 (16 per lane, |3 * 128| each
+// at most: no overflow) and widened once per group.
 BITNET_INLINE void i2s_tile(int ng, float * GGML_RESTRICT s, size_t bs, const uint8_t * GGML_RESTRICT x, size_t bx,
                             const int8_t * GGML_RESTRICT y, size_t by, float wscale, const int R, const int C) {
     const uint8x16_t m3 = vdupq_n_u8(3);
@@ -157,6 +151,16 @@ BITNET_INLINE void i2s_tile(int ng, float * GGML_RESTRICT s, size_t bs, const ui
         }
     }
     for (int g = 0; g < ng; ++g) {
+#if !defined(__ARM_FEATURE_DOTPROD)
+        int16x8_t p[BITNET_R][BITNET_C];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+            for (int c = 0; c < C; ++c) {
+                p[r][c] = vdupq_n_s16(0);
+            }
+        }
+#endif
 #pragma GCC unroll 2
         for (int h = 0; h < 2; ++h) {
             uint8x16_t v[BITNET_R];
@@ -180,11 +184,24 @@ BITNET_INLINE void i2s_tile(int ng, float * GGML_RESTRICT s, size_t bs, const ui
                     const int8x16_t qk = vld1q_s8(y + c*by + g*QK_I2_S + 32*k + 16*h);
 #pragma GCC unroll 4
                     for (int r = 0; r < R; ++r) {
-                        acc[r][c] = bitnet_dot(acc[r][c], w[r], qk);
+#if defined(__ARM_FEATURE_DOTPROD)
+                        acc[r][c] = vdotq_s32(acc[r][c], w[r], qk);
+#else
+                        p[r][c] = vmlal_high_s8(vmlal_s8(p[r][c], vget_low_s8(w[r]), vget_low_s8(qk)), w[r], qk);
+#endif
                     }
                 }
             }
         }
+#if !defined(__ARM_FEATURE_DOTPROD)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+            for (int c = 0; c < C; ++c) {
+                acc[r][c] = vpadalq_s16(acc[r][c], p[r][c]);
+            }
+        }
+#endif
     }
     const int n = ng*QK_I2_S;
 #pragma GCC unroll 4
@@ -221,6 +238,7 @@ static void i2s_tile_any(int ng, float * GGML_RESTRICT s, size_t bs, const uint8
     }
 }
 
+#if defined(__ARM_FEATURE_DOTPROD)
 // One activation column (token generation): the weights stream through once, so the codes are
 // not shifted down but masked in place where the scaled code still fits a signed byte:
 //   x & 0x30 = 16 * code (elements 32..), x & 0x0C = 4 * code (elements 64..), x & 3 and x >> 6
@@ -249,10 +267,10 @@ BITNET_INLINE void i2s_gemv_rows(int ng, float * GGML_RESTRICT s, const uint8_t 
 #pragma GCC unroll 4
             for (int r = 0; r < R; ++r) {
                 const uint8x16_t v = vld1q_u8(x + r*bx + g*I2_S_GROUP_B + 16*h);
-                a1[r]  = bitnet_dot(a1[r],  vreinterpretq_s8_u8(vshrq_n_u8(v, 6)), q0);
-                a16[r] = bitnet_dot(a16[r], vreinterpretq_s8_u8(vandq_u8(v, m48)), q1);
-                a4[r]  = bitnet_dot(a4[r],  vreinterpretq_s8_u8(vandq_u8(v, m12)), q2);
-                a1[r]  = bitnet_dot(a1[r],  vreinterpretq_s8_u8(vandq_u8(v, m3)),  q3);
+                a1[r]  = vdotq_s32(a1[r],  vreinterpretq_s8_u8(vshrq_n_u8(v, 6)), q0);
+                a16[r] = vdotq_s32(a16[r], vreinterpretq_s8_u8(vandq_u8(v, m48)), q1);
+                a4[r]  = vdotq_s32(a4[r],  vreinterpretq_s8_u8(vandq_u8(v, m12)), q2);
+                a1[r]  = vdotq_s32(a1[r],  vreinterpretq_s8_u8(vandq_u8(v, m3)),  q3);
             }
         }
     }
@@ -278,6 +296,8 @@ static void i2s_gemv(int n, float * GGML_RESTRICT s, const uint8_t * GGML_RESTRI
         i2s_gemv_rows(ng, s + r0, x + r0*bx, bx, y, wscale, 1);
     }
 }
+#endif // __ARM_FEATURE_DOTPROD (without it, one column goes through the GEMM tiles: their int16
+       // group sums need fewer instructions than widening every product pair)
 
 #endif // BITNET_NEON
 
@@ -287,10 +307,12 @@ void ggml_gemm_i2_s_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void *
     const int       ng = n / QK_I2_S;
     const uint8_t * x  = (const uint8_t *) vx;
     const int8_t  * y  = (const int8_t *) vy;
+#if defined(__ARM_FEATURE_DOTPROD)
     if (nc == 1) {
         i2s_gemv(n, s, x, bx, y, nr, wscale);
         return;
     }
+#endif
     const int cb = bitnet_col_block(n);
     for (int c0 = 0; c0 < nc; c0 += cb) {             // columns: L2-sized blocks
         const int c1 = c0 + cb < nc ? c0 + cb : nc;
@@ -311,7 +333,7 @@ void ggml_vec_dot_i2_s_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const voi
 #if defined(BITNET_NEON)
     GGML_UNUSED(bs); GGML_UNUSED(bx); GGML_UNUSED(by); GGML_UNUSED(nrc);
     // one row, one column; the scale sits after the n/4 code bytes
-    i2s_gemv(n, s, (const uint8_t *) vx, 0, (const int8_t *) vy, 1, ggml_i2_s_scale(vx, n));
+    ggml_gemm_i2_s_i8_s(n, s, 0, vx, 0, vy, 0, 1, 1, ggml_i2_s_scale(vx, n));
 #else
     ggml_vec_dot_i2_s_i8_s_generic(n, s, bs, vx, bx, vy, by, nrc);
 #endif
@@ -332,7 +354,6 @@ void ggml_vec_dot_i2_s_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const voi
 
 #define TL1_CHUNK_B 32   // bytes of a full chunk
 #define TL1_TABLE_B 128  // LUT bytes per chunk: 64 low, 64 high
-#define TL1_C       2    // activation columns per tile pass (2 x 8 accumulators)
 
 // trits of the TL1 codes 0..8, most significant first (9..15 unused: 0)
 static const int16_t tl1_trits[2][16] = {
@@ -365,20 +386,21 @@ static void tl1_build_lut_neon(const int8_t * GGML_RESTRICT q, int n, uint8_t * 
     }
 }
 
-// one full tile x C columns (LUTs lut_b bytes apart), all chunks; s at row 0 of column 0
-BITNET_INLINE void tl1_tile(int nch, const uint8_t * GGML_RESTRICT x, const uint8_t * GGML_RESTRICT lut, size_t lut_b,
-                            const float * d, float wscale, float * GGML_RESTRICT s, size_t bs, const int C) {
+// one full tile x one column, all chunks: 8 accumulators, 4 index vectors and the chunk's two
+// 64-byte tables in registers (two columns at once spill with GCC 12)
+#if defined(__GNUC__)
+__attribute__((noinline))  // its own register allocation: inlined, the loop reloads constants
+#endif
+static void tl1_tile(int nch, const uint8_t * GGML_RESTRICT x, const uint8_t * GGML_RESTRICT lut, float d, float wscale,
+                     float * GGML_RESTRICT s) {
     const uint8x16_t m0f   = vdupq_n_u8(0x0F);
     const uint8x16_t group = vreinterpretq_u8_u32(vdupq_n_u32(0x30201000));  // (p & 3) << 4
-    uint32x4_t acc_lo[TL1_C][4];
-    int32x4_t  acc_hi[TL1_C][4];
-#pragma GCC unroll 2
-    for (int c = 0; c < C; ++c) {
+    uint32x4_t acc_lo[4];
+    int32x4_t  acc_hi[4];
 #pragma GCC unroll 4
-        for (int v = 0; v < 4; ++v) {
-            acc_lo[c][v] = vdupq_n_u32(0);
-            acc_hi[c][v] = vdupq_n_s32(0);
-        }
+    for (int v = 0; v < 4; ++v) {
+        acc_lo[v] = vdupq_n_u32(0);
+        acc_hi[v] = vdupq_n_s32(0);
     }
     for (int ch = 0; ch < nch; ++ch) {
         const uint8x16_t b0 = vld1q_u8(x + ch*TL1_CHUNK_B);
@@ -388,28 +410,21 @@ BITNET_INLINE void tl1_tile(int nch, const uint8_t * GGML_RESTRICT x, const uint
         idx[1] = vorrq_u8(vandq_u8(b1, m0f), group);   // rows 4-7
         idx[2] = vorrq_u8(vshrq_n_u8(b0, 4), group);   // rows 8-11
         idx[3] = vorrq_u8(vshrq_n_u8(b1, 4), group);   // rows 12-15
-#pragma GCC unroll 2
-        for (int c = 0; c < C; ++c) {
-            const uint8_t *    t  = lut + c*lut_b + ch*TL1_TABLE_B;
-            const uint8x16x4_t lo = vld1q_u8_x4(t);
-            const uint8x16x4_t hi = vld1q_u8_x4(t + 64);
-#pragma GCC unroll 4
-            for (int v = 0; v < 4; ++v) {
-                acc_lo[c][v] = bitnet_sum4_u8(acc_lo[c][v], vqtbl4q_u8(lo, idx[v]));
-                acc_hi[c][v] = bitnet_sum4_s8(acc_hi[c][v], vreinterpretq_s8_u8(vqtbl4q_u8(hi, idx[v])));
-            }
-        }
-    }
-    const float32x4_t ws = vdupq_n_f32(wscale);
-#pragma GCC unroll 2
-    for (int c = 0; c < C; ++c) {
-        const float32x4_t vd = vdupq_n_f32(d[c]);
+        const uint8x16x4_t lo = vld1q_u8_x4(lut + ch*TL1_TABLE_B);
+        const uint8x16x4_t hi = vld1q_u8_x4(lut + ch*TL1_TABLE_B + 64);
 #pragma GCC unroll 4
         for (int v = 0; v < 4; ++v) {
-            const int32x4_t isum = vaddq_s32(vreinterpretq_s32_u32(acc_lo[c][v]), vshlq_n_s32(acc_hi[c][v], 8));
-            // (float) isum * d * wscale, in the generic kernel's order
-            vst1q_f32(s + c*bs + 4*v, vmulq_f32(vmulq_f32(vcvtq_f32_s32(isum), vd), ws));
+            acc_lo[v] = bitnet_sum4_u8(acc_lo[v], vqtbl4q_u8(lo, idx[v]));
+            acc_hi[v] = bitnet_sum4_s8(acc_hi[v], vreinterpretq_s8_u8(vqtbl4q_u8(hi, idx[v])));
         }
+    }
+    const float32x4_t vd = vdupq_n_f32(d);
+    const float32x4_t ws = vdupq_n_f32(wscale);
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+        const int32x4_t isum = vaddq_s32(vreinterpretq_s32_u32(acc_lo[v]), vshlq_n_s32(acc_hi[v], 8));
+        // (float) isum * d * wscale, in the generic kernel's order
+        vst1q_f32(s + 4*v, vmulq_f32(vmulq_f32(vcvtq_f32_s32(isum), vd), ws));
     }
 }
 
@@ -431,16 +446,10 @@ static void tl1_gemm_neon(int n, float * GGML_RESTRICT s, size_t bs, const uint8
             tl1_build_lut_neon(q, n, scratch + c*lut_b);
             d[c] = bitnet_row_d(q, n);
         }
-        // the thread's tiles stream past the batch's tables
+        // the thread's tiles stream past the batch's tables (a tile's codes stay in L1 meanwhile)
         for (int t = 0; t < full; ++t) {
-            const uint8_t * xt = x + t*tile_b;
-            float         * st = s + c0*bs + t*TL_TILE_ROWS;
-            int c = 0;
-            for (; c + TL1_C <= cn; c += TL1_C) {
-                tl1_tile(nch, xt, scratch + c*lut_b, lut_b, d + c, wscale, st + c*bs, bs, TL1_C);
-            }
-            for (; c < cn; ++c) {
-                tl1_tile(nch, xt, scratch + c*lut_b, lut_b, d + c, wscale, st + c*bs, bs, 1);
+            for (int c = 0; c < cn; ++c) {
+                tl1_tile(nch, x + t*tile_b, scratch + c*lut_b, d[c], wscale, s + (c0 + c)*bs + t*TL_TILE_ROWS);
             }
         }
         if (full*TL_TILE_ROWS < nr) {  // the tensor's last, shorter tile
