@@ -123,7 +123,7 @@ def _missing(tools: dict) -> list[str]:
 def check_cross_toolchain(flavor: str) -> None:
     missing = _missing(CROSS_AARCH64) if is_cross(flavor) else []
     if missing:
-        raise EngineError(f"cross-building the {flavor} flavor needs {', '.join(missing)}: install "
+        raise EngineError(f"cross-building the {flavor} flavor needs {', '.join(missing)}: install them with "
                           f"'apt-get install {' '.join(CROSS_AARCH64.values())}' (and qemu-user to run the programs)")
 
 
