@@ -32,7 +32,8 @@ VENDOR = ROOT / "vendor"
 PATCHES = ROOT / "patches"
 BUILD = ROOT / "build"
 
-TOOLS = ["llama-quantize", "llama-bench", "llama-perplexity", "llama-completion", "test-quantize-fns", "test-backend-ops"]
+TOOLS = ["llama-quantize", "llama-bench", "llama-perplexity", "llama-completion", "test-quantize-fns", "test-backend-ops",
+         "bitnet-logits"]
 
 # Debian packages that provide the build tools, for the error message when one is missing
 BUILD_REQUIREMENTS = {"cmake": "cmake", "cc": "gcc", "c++": "g++", "ninja": "ninja-build", "git": "git"}
@@ -82,8 +83,64 @@ COMMON_CMAKE = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENS
                 "-DLLAMA_BUILD_SERVER=OFF"]
 
 
+def host_is_aarch64() -> bool:
+    return platform.machine().lower() in ("aarch64", "arm64")
+
+
 def portable_flavor() -> str:
-    return "armv8" if platform.machine().lower() in ("aarch64", "arm64") else "avx2"
+    return "armv8" if host_is_aarch64() else "avx2"
+
+
+# ---------------------------------------------------------------- cross build (aarch64 on x86-64)
+
+# Debian's cross compilers and user-mode emulator; tool -> package, for the error message
+CROSS_AARCH64 = {"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu", "aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu"}
+QEMU_AARCH64 = {"qemu-aarch64": "qemu-user"}
+AARCH64_SYSROOT = "/usr/aarch64-linux-gnu"  # Debian's aarch64 libc and libstdc++ (libc6-dev-arm64-cross, ...)
+
+
+def is_cross(flavor: str) -> bool:
+    """True when this flavor's programs are built for another CPU than this machine's."""
+    return flavor == "armv8" and not host_is_aarch64()
+
+
+def cross_cmake(flavor: str) -> list[str]:
+    """CMake toolchain settings for a cross build (none for a native one). Libraries are static
+    so that the programs need nothing but the sysroot's libc/libstdc++ under qemu."""
+    if not is_cross(flavor):
+        return []
+    return ["-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
+            "-DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc", "-DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++",
+            f"-DCMAKE_FIND_ROOT_PATH={AARCH64_SYSROOT}", "-DCMAKE_FIND_ROOT_PATH_MODE_PROGRAM=NEVER",
+            "-DCMAKE_FIND_ROOT_PATH_MODE_LIBRARY=ONLY", "-DCMAKE_FIND_ROOT_PATH_MODE_INCLUDE=ONLY",
+            "-DCMAKE_FIND_ROOT_PATH_MODE_PACKAGE=ONLY", "-DBUILD_SHARED_LIBS=OFF"]
+
+
+def _missing(tools: dict) -> list[str]:
+    return [t for t in tools if shutil.which(t) is None]
+
+
+def check_cross_toolchain(flavor: str) -> None:
+    missing = _missing(CROSS_AARCH64) if is_cross(flavor) else []
+    if missing:
+        raise EngineError(f"cross-building the {flavor} flavor needs {', '.join(missing)}: install them with "
+                          f"'apt-get install {' '.join(CROSS_AARCH64.values())}' (and qemu-user to run the programs)")
+
+
+def program_command(flavor: str, program, *args) -> list[str]:
+    """The command line that runs a program of this flavor's build here: as is, or for an aarch64
+    build on another CPU under qemu-aarch64 with Debian's aarch64 libraries."""
+    cmd = [str(program), *map(str, args)]
+    if not is_cross(flavor):
+        return cmd
+    if _missing(QEMU_AARCH64):
+        raise EngineError("running aarch64 programs here needs qemu-aarch64: install it with 'apt-get install qemu-user'")
+    return ["qemu-aarch64", "-L", AARCH64_SYSROOT, *cmd]
+
+
+def run_program(flavor: str, program, *args, timeout: float | None = None, text: bool = True) -> subprocess.CompletedProcess:
+    """Run a program of this flavor's build (see program_command), capturing its output."""
+    return subprocess.run(program_command(flavor, program, *args), capture_output=True, text=text, timeout=timeout)
 
 
 # ---------------------------------------------------------------- patch series
@@ -112,6 +169,8 @@ def build_key(pin: Pin, flavor: str) -> str:
     h.update(pin.sha256.encode())
     h.update(series_hash().encode())
     h.update(" ".join(FLAVORS[flavor] + COMMON_CMAKE).encode())
+    if is_cross(flavor):  # a cross build is another build than a native one of the same flavor
+        h.update(" ".join(cross_cmake(flavor)).encode())
     return h.hexdigest()[:12]
 
 
@@ -281,7 +340,7 @@ def build_tools(pin: Pin, flavor: str, log, targets: list[str] = TOOLS) -> Path:
     bdir = BUILD / flavor / "tools"
     env = _build_env()
     cmd = ["cmake", "-S", str(pin.llama_cpp_dir), "-B", str(bdir), "-G", "Ninja",
-           "-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_TOOLS=ON", *COMMON_CMAKE, *FLAVORS[flavor]]
+           "-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_TOOLS=ON", *COMMON_CMAKE, *FLAVORS[flavor], *cross_cmake(flavor)]
     if _run(cmd, log, env=env).returncode != 0:
         raise EngineError(f"configuring llama.cpp's tools failed; full log: {log.name}")
     cmd = ["cmake", "--build", str(bdir), "--target", *targets]
@@ -358,19 +417,23 @@ def build(portable: bool = False, force: bool = False, console=None) -> dict:
     return {"key": key, "flavor": flavor, "rebuilt": True, "log": str(log_path)}
 
 
-TEST_PROGRAMS = ["test-quantize-fns", "test-backend-ops"]
+TEST_PROGRAMS = ["test-quantize-fns", "test-backend-ops", "bitnet-logits"]
 
 
 def build_test_programs(flavor: str) -> Path:
-    """llama.cpp's test programs alone, for another flavor than the installed one (e.g. the
-    AVX2-only path on an AVX-512 machine). Cached by the same key as a full build."""
+    """llama.cpp's test programs (and our bitnet-logits) alone, for another flavor than the
+    installed one: the AVX2-only path on an AVX-512 machine, or "armv8" cross-compiled for
+    aarch64 on an x86-64 machine (run its programs with program_command / run_program).
+    Cached by the same key as a full build; a current full build of the flavor is used as is."""
     pin = read_pin()
     key = build_key(pin, flavor)
     stamp = BUILD / flavor / "tests-stamp.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("key") == key and \
-            all((tools_dir(flavor) / t).exists() for t in TEST_PROGRAMS):
-        return tools_dir(flavor)
+    for done in (stamp, stamp_path(flavor)):
+        if done.exists() and json.loads(done.read_text()).get("key") == key and \
+                all((tools_dir(flavor) / t).exists() for t in TEST_PROGRAMS):
+            return tools_dir(flavor)
     check_toolchain()
+    check_cross_toolchain(flavor)
     (BUILD / flavor).mkdir(parents=True, exist_ok=True)
     stamp.unlink(missing_ok=True)
     with open(BUILD / flavor / "build.log", "w") as log:

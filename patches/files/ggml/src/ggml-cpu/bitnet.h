@@ -65,7 +65,8 @@ bool   ggml_bitnet_is_ternary(enum ggml_type type);
 size_t ggml_bitnet_mul_mat_wsize(const struct ggml_tensor * dst, int n_threads);
 
 // Architectures without their own file use the generic kernels.
-#if !(defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86))
+#if !(defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86) || \
+      defined(__aarch64__) || defined(_M_ARM64) || defined(__arm__) || defined(_M_ARM))
 #define quantize_row_i8_s_generic      quantize_row_i8_s
 #define ggml_vec_dot_i2_s_i8_s_generic ggml_vec_dot_i2_s_i8_s
 #define ggml_gemm_i2_s_i8_s_generic    ggml_gemm_i2_s_i8_s
