@@ -434,6 +434,64 @@ BITNET_INLINE void bitnet_tile256(int ng, float * GGML_RESTRICT s, size_t bs,
 
 #define BITNET_TILE(S, X, R, C) bitnet_tile256(ng, S, bs, X, bx, y, by, wscale, R, C)
 
+#if !defined(__AVXVNNI__)
+// GEMV (one activation column, token generation) without VNNI: 4 rows at a time, no column
+// reuse to block for. A group's four vpmaddubsw results are at most 4 * 512 in magnitude (codes
+// 0..2, |q| <= 128), so a row sums them in int16 for 8 groups (<= 16384) before one vpmaddwd
+// widens them; the 4 rows' sums are reduced together and scaled as the generic kernel does.
+#define BITNET_GEMV256_RUN 8
+
+static void bitnet_gemv256(int n, float * GGML_RESTRICT s, const uint8_t * GGML_RESTRICT x, size_t bx,
+                           const int8_t * GGML_RESTRICT y, int nr, float wscale) {
+    const int     ng = n / QK_I2_S;
+    const int32_t sq = bitnet_row_sum(y, n);
+    const float   d  = bitnet_row_d(y, n);
+    const __m256i m3   = _mm256_set1_epi8(3);
+    const __m256i ones = _mm256_set1_epi16(1);
+    int r0 = 0;
+    for (; r0 + 4 <= nr; r0 += 4) {
+        const uint8_t * xr = x + r0*bx;
+        __m256i acc[4];
+        for (int r = 0; r < 4; ++r) {
+            acc[r] = _mm256_setzero_si256();
+        }
+        for (int g0 = 0; g0 < ng; g0 += BITNET_GEMV256_RUN) {
+            const int g1 = ng - g0 < BITNET_GEMV256_RUN ? ng : g0 + BITNET_GEMV256_RUN;
+            __m256i a16[4];
+            for (int r = 0; r < 4; ++r) {
+                a16[r] = _mm256_setzero_si256();
+            }
+            for (int g = g0; g < g1; ++g) {
+                const __m256i * q = (const __m256i *)(y + g*QK_I2_S);
+                for (int r = 0; r < 4; ++r) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(xr + r*bx + g*I2_S_GROUP_B));
+                    const __m256i p01 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 6), m3), _mm256_loadu_si256(q + 0)),
+                        _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m3), _mm256_loadu_si256(q + 1)));
+                    const __m256i p23 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 2), m3), _mm256_loadu_si256(q + 2)),
+                        _mm256_maddubs_epi16(_mm256_and_si256(v, m3), _mm256_loadu_si256(q + 3)));
+                    a16[r] = _mm256_add_epi16(a16[r], _mm256_add_epi16(p01, p23));
+                }
+            }
+            for (int r = 0; r < 4; ++r) {
+                acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(a16[r], ones));
+            }
+        }
+        // lanes of both halves: rows 0..3 partial sums, then the halves added
+        const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]), _mm256_hadd_epi32(acc[2], acc[3]));
+        const __m128i isum = _mm_sub_epi32(_mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)),
+                                           _mm_set1_epi32(sq));
+        // (float) isum * d * wscale, in the generic kernel's order
+        _mm_storeu_ps(s + r0, _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(isum), _mm_set1_ps(d)), _mm_set1_ps(wscale)));
+    }
+    for (; r0 < nr; ++r0) {
+        bitnet_tile256(ng, s + r0, 0, x + r0*bx, bx, y, 0, wscale, 1, 1);
+    }
+}
+#define BITNET_GEMV256 1
+#endif
+
 #endif
 
 #if defined(BITNET_TILE)
@@ -478,6 +536,11 @@ void ggml_gemm_i2_s_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void *
 #if defined(BITNET_GEMV_MAXN)
     if (nc == 1 && n <= BITNET_GEMV_MAXN) {
         bitnet_gemv512(n, s, x, bx, y, nr, wscale);
+        return;
+    }
+#elif defined(BITNET_GEMV256)
+    if (nc == 1) {
+        bitnet_gemv256(n, s, x, bx, (const int8_t *) y, nr, wscale);
         return;
     }
 #endif
