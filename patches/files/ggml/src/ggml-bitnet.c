@@ -86,9 +86,13 @@ void quantize_row_i8_s_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT v
     }
     // 127 / max|x|, with BitNet's clamp of max|x| at 1e-5
     const float iscale = 127.0f / fmaxf(amax, 1e-5f);
-    int32_t sum = 0;
-    for (int64_t i = 0; i < k; ++i) {
-        const float v = nearbyintf(x[i] * iscale);
+    ggml_i8_s_finish_row(x, q, 0, k, iscale, 0);
+}
+
+void ggml_i8_s_finish_row(const float * GGML_RESTRICT x, int8_t * GGML_RESTRICT q, int64_t i, int64_t k,
+                          float iscale, int32_t sum) {
+    for (; i < k; ++i) {
+        const float v  = nearbyintf(x[i] * iscale);
         const int   qi = v > 127.0f ? 127 : v < -128.0f ? -128 : (int) v;
         q[i] = (int8_t) qi;
         sum += qi;

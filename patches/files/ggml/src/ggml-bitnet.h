@@ -73,6 +73,10 @@ GGML_API void    dequantize_tl(enum ggml_type type, const void * GGML_RESTRICT x
 
 // I8_S: one row of k floats to int8 + scale + sum.
 GGML_API void   quantize_row_i8_s_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
+// elements i..k-1 of an I8_S row quantized with iscale, then the row's tail (d, sum of all k
+// values given the sum of the first i): the reference's operations, for SIMD quantizers' tails
+GGML_API void   ggml_i8_s_finish_row(const float * GGML_RESTRICT x, int8_t * GGML_RESTRICT q, int64_t i, int64_t k,
+                                     float iscale, int32_t sum);
 
 #ifdef __cplusplus
 }

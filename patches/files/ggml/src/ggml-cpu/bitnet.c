@@ -67,6 +67,11 @@ size_t ggml_tl_scratch_bytes(enum ggml_type type, int n) {
     return TL_SCRATCH_COLS * GGML_PAD(ggml_tl_lut_bytes(type, n), 64) + 64;
 }
 
+int ggml_tl_lut_batch(size_t lut_b) {
+    const size_t batch = (512*1024) / lut_b;
+    return batch < 1 ? 1 : batch > TL_SCRATCH_COLS ? TL_SCRATCH_COLS : (int) batch;
+}
+
 // trit p (most significant first) of code v, for groups of gw weights
 static inline int tl_trit(int v, int gw, int p) {
     static const int pow3[3] = {1, 3, 9};

@@ -45,6 +45,9 @@ void   ggml_tl_build_lut(enum ggml_type type, const int8_t * GGML_RESTRICT q, in
 // per-thread scratch the GEMM may use (LUTs of up to TL_SCRATCH_COLS activation rows)
 #define TL_SCRATCH_COLS 8
 size_t ggml_tl_scratch_bytes(enum ggml_type type, int n);
+// activation columns whose LUTs (lut_b bytes each) a kernel builds at once: as many as stay in
+// L2 (512 KiB), at least 1, at most TL_SCRATCH_COLS
+int    ggml_tl_lut_batch(size_t lut_b);
 
 // vec_dot for test-quantize-fns: vx is a whole 1-row tensor (codes + tail), vy one I8_S row
 void ggml_vec_dot_tl1_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);

@@ -103,16 +103,7 @@ void quantize_row_i8_s(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, i
         vst1q_s8(q + i, v);
         vsum = vpadalq_s16(vsum, vpaddlq_s8(v));
     }
-    int32_t sum = vaddvq_s32(vsum);
-    for (; i < k; ++i) {  // the elements after the last whole vector, as the reference does them
-        const float v  = nearbyintf(x[i] * iscale);
-        const int   qi = v > 127.0f ? 127 : v < -128.0f ? -128 : (int) v;
-        q[i] = (int8_t) qi;
-        sum += qi;
-    }
-    const float d = 1.0f / iscale;
-    memcpy(q + k, &d, sizeof(float));
-    memcpy(q + k + sizeof(float), &sum, sizeof(int32_t));
+    ggml_i8_s_finish_row(x, q, i, k, iscale, vaddvq_s32(vsum));  // the elements after the last whole vector, and the tail
 #else
     quantize_row_i8_s_generic(x, vy, k);
 #endif
@@ -434,9 +425,7 @@ static void tl1_gemm_neon(int n, float * GGML_RESTRICT s, size_t bs, const uint8
     const size_t tile_b = (size_t) nch * TL1_CHUNK_B;
     const size_t lut_b  = GGML_PAD(ggml_tl_lut_bytes(GGML_TYPE_TL1, n), 64);
     const int    full   = nr / TL_TILE_ROWS;
-    // columns whose LUTs are built at once: as many as stay in L2 (and fit the scratch)
-    int batch = (int)((512*1024) / lut_b);
-    batch = batch < 1 ? 1 : batch > TL_SCRATCH_COLS ? TL_SCRATCH_COLS : batch;
+    const int    batch  = ggml_tl_lut_batch(lut_b);
 
     for (int c0 = 0; c0 < nc; c0 += batch) {
         const int cn = nc - c0 < batch ? nc - c0 : batch;

@@ -39,22 +39,6 @@ static inline int32_t bitnet_row_sum(const int8_t * q, int n) {
     return s;
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) || defined(__AVX2__)
-// the elements after the last whole vector, and the row's tail (d, sum), exactly as the
-// reference quantize_row_i8_s_ref does them
-static inline void i8_s_finish_row(const float * GGML_RESTRICT x, int8_t * GGML_RESTRICT q, int64_t i, int64_t k,
-                                   float iscale, int32_t sum) {
-    for (; i < k; ++i) {
-        const float v  = nearbyintf(x[i] * iscale);
-        const int   qi = v > 127.0f ? 127 : v < -128.0f ? -128 : (int) v;
-        q[i] = (int8_t) qi;
-        sum += qi;
-    }
-    const float d = 1.0f / iscale;
-    memcpy(q + k, &d, sizeof(float));
-    memcpy(q + k + sizeof(float), &sum, sizeof(int32_t));
-}
-#endif
 
 // Activation quantization, bit-identical to quantize_row_i8_s_ref: the same float operations
 // (max |x| ignoring NaN like fmaxf, iscale = 127 / fmaxf(amax, 1e-5f), x * iscale rounded to
@@ -85,7 +69,7 @@ void quantize_row_i8_s(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, i
         _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(v));
     }
     int32_t sum = _mm512_reduce_add_epi32(vsum);
-    i8_s_finish_row(x, q, i, k, iscale, sum);
+    ggml_i8_s_finish_row(x, q, i, k, iscale, sum);  // the elements after the last whole vector, and the tail
 #elif defined(__AVX2__)
     int8_t * q = (int8_t *) vy;
     const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -122,7 +106,7 @@ void quantize_row_i8_s(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, i
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
     int32_t sum = _mm_cvtsi128_si32(s4);
-    i8_s_finish_row(x, q, i, k, iscale, sum);
+    ggml_i8_s_finish_row(x, q, i, k, iscale, sum);  // the elements after the last whole vector, and the tail
 #else
     quantize_row_i8_s_generic(x, vy, k);
 #endif
@@ -970,10 +954,9 @@ static void tl_gemm512(enum ggml_type type, int n, float * GGML_RESTRICT s, size
     const size_t tile_b = (size_t) nch * ggml_tl_chunk_bytes(type, TL_TILE_ROWS);
     const size_t lut_b  = GGML_PAD(ggml_tl_lut_bytes(type, n), 64);
     const int    full   = nr / TL_TILE_ROWS;
-    // columns whose LUTs are built at once: whole groups of 3, as many as stay in L2
-    int batch = (int)((512*1024) / lut_b);
-    batch = batch < 3 ? 3 : batch > TL_SCRATCH_COLS ? TL_SCRATCH_COLS : batch;
-    batch -= batch % 3;
+    // LUT batches of whole groups of 3 columns (the 3 x 3 prompt tiles)
+    int batch = ggml_tl_lut_batch(lut_b);
+    batch = batch < 3 ? 3 : batch - batch % 3;
 
     for (int c0 = 0; c0 < nc; c0 += batch) {
         const int cn = nc - c0 < batch ? nc - c0 : batch;
@@ -1157,9 +1140,7 @@ static void tl2_gemm_avx2(int n, float * GGML_RESTRICT s, size_t bs, const uint8
     const size_t tile_b = (size_t) nch * TL2_CHUNK_B;
     const size_t lut_b  = GGML_PAD(ggml_tl_lut_bytes(GGML_TYPE_TL2, n), 64);
     const int    full   = nr / TL_TILE_ROWS;
-    // columns whose LUTs are built at once: as many as stay in L2 (and fit the scratch)
-    int batch = (int)((512*1024) / lut_b);
-    batch = batch < 1 ? 1 : batch > TL_SCRATCH_COLS ? TL_SCRATCH_COLS : batch;
+    const int    batch  = ggml_tl_lut_batch(lut_b);
     for (int c0 = 0; c0 < nc; c0 += batch) {
         const int cn = nc - c0 < batch ? nc - c0 : batch;
         float d[TL_SCRATCH_COLS];
