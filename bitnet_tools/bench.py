@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import engine
+from .quants import OURS
 
 POWERCAP = Path("/sys/class/powercap")
-OURS = {"i2_s", "tl1", "tl2"}
 SCHEMA_VERSION = 1
 
 
@@ -225,8 +225,7 @@ def machine_info() -> dict:
 
 
 def _engine_key() -> str:
-    pin = engine.read_pin()
-    return engine.build_key(pin, "native")
+    return engine.installed_build()[1]
 
 
 def plot(results: list[Result], path: Path) -> None:

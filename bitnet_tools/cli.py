@@ -60,6 +60,8 @@ def setup(
 ):
     """One shot: build the patched engine (cached), then download + convert + verify a model
     (--hf-repo / --model-dir), or run the built-in demo model when neither is given."""
+    if hf_repo and model_dir:  # before the engine build, which can take minutes
+        fail("give either --hf-repo or --model-dir, not both")
     result = run_guarded(engine.build, portable=portable, force=force, console=err)
     state = "built" if result["rebuilt"] else "up to date"
     console.print(f"engine {state}: flavor [bold]{result['flavor']}[/], build key {result['key']}")
@@ -69,8 +71,6 @@ def setup(
         from . import demo
         run_guarded(demo.run, console=console)
         return
-    if hf_repo and model_dir:
-        fail("give either --hf-repo or --model-dir, not both")
 
     from . import hub
     defaults = hub.defaults_for(hf_repo or "")
@@ -291,11 +291,12 @@ def ppl(
 
 
 def _current_tools() -> Path:
-    pin = engine.read_pin()
-    key = engine.build_key(pin, "native")
-    if not engine.is_current(pin, "native", key, wheel=False):
-        fail("llama.cpp's tools are not built for this patch series: run 'bitnet setup --engine-only' first")
-    return engine.tools_dir("native")
+    """bin/ of llama.cpp's tools of the installed build (native, or --portable's flavor)."""
+    try:
+        flavor, _ = engine.installed_build()
+    except engine.EngineError as e:
+        fail(str(e))
+    return engine.tools_dir(flavor)
 
 
 @app.command()

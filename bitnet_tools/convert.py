@@ -16,7 +16,6 @@ writer works on a temporary name and renames only a complete file.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import re
@@ -30,8 +29,9 @@ import gguf
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from . import quants  # noqa: F401  (registers our types with gguf-py)
+from .engine import EngineError
 from .models import Family, families, for_architecture
-from .writer import EMBEDDING_TYPES, FILE_TYPES, TERNARY_TYPES, PendingTensor, encode, write_gguf
+from .writer import EMBEDDING_TYPES, FILE_TYPES, TERNARY_TYPES, PendingTensor, encode_rows, fits, write_gguf
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ LINEARS = {  # HF leaf -> GGUF name
 }
 NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
 LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
-ROW_CHUNK = 1 << 22  # elements encoded at a time for row-chunked types
 
 # llama.cpp's convert_hf_to_gguf.py pre-tokenizer detection: sha256 of the token ids of CHKTXT
 CHKTXT = ('\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) '
@@ -299,69 +298,6 @@ class Source:
 
 
 # ---------------------------------------------------------------------------------------------
-# stock k-quants through the patched llama.cpp's ggml (gguf-py has no numpy Q6_K quantizer)
-
-_GGML = None
-
-
-def _ggml_base():
-    global _GGML
-    if _GGML is None:
-        try:
-            import llama_cpp
-        except Exception as e:  # noqa: BLE001
-            raise ConvertError(f"quantizing to a k-quant needs the engine (import llama_cpp failed: {_one_line(e)}): "
-                               "run 'bitnet setup', or choose --embd-type f16/q8_0") from e
-        libdir = Path(llama_cpp.__file__).parent / "lib"
-        candidates = sorted(libdir.glob("libggml-base.*"))
-        if not candidates:
-            raise ConvertError(f"no libggml-base in {libdir}: run 'bitnet setup' again")
-        lib = ctypes.CDLL(str(candidates[0]))
-        lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-        lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                            ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-        lib.ggml_row_size.restype = ctypes.c_size_t
-        lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
-        _GGML = lib
-    return _GGML
-
-
-def ggml_quantize(values: np.ndarray, qtype: T) -> np.ndarray:
-    """float32 [rows, cols] -> the bytes of a `qtype` tensor, by ggml_quantize_chunk."""
-    lib = _ggml_base()
-    src = np.ascontiguousarray(values, dtype=np.float32)
-    rows, cols = src.shape
-    dst = np.empty(lib.ggml_row_size(int(qtype), cols) * rows, dtype=np.uint8)
-    n = lib.ggml_quantize_chunk(int(qtype), src.ctypes.data, dst.ctypes.data, 0, rows, cols, None)
-    if n != dst.nbytes:
-        raise RuntimeError(f"ggml_quantize_chunk wrote {n} bytes, expected {dst.nbytes}")
-    return dst
-
-
-NUMPY_QUANTS = {T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.TQ1_0, T.TQ2_0, T.I2_S, T.TL1, T.TL2}
-# one scale per tensor (and TL tiles span rows): encoded whole, never in row chunks
-WHOLE_TENSOR = {T.I2_S, T.TL1, T.TL2}
-
-
-def encode_rows(values: np.ndarray, qtype: T):
-    """Encode a 2-D float tensor in row chunks (yields byte arrays)."""
-    rows, cols = values.shape
-    per = max(1, ROW_CHUNK // max(cols, 1))
-    for r0 in range(0, rows, per):
-        chunk = values[r0:r0 + per]
-        yield encode(chunk, qtype) if qtype in NUMPY_QUANTS else ggml_quantize(chunk, qtype)
-
-
-def fits(width: int, qtype: T) -> bool:
-    if qtype == T.I2_S:
-        from .quants.i2_s import QK
-        return width % QK == 0
-    if qtype in (T.TL1, T.TL2):
-        return True   # rows are zero-padded to whole chunks
-    return width % GGML_QUANT_SIZES[qtype][0] == 0
-
-
-# ---------------------------------------------------------------------------------------------
 # tokenizer
 
 def _vocab_bpe(model_dir: Path, n_vocab: int) -> tuple[list[str], list[int], str]:
@@ -508,8 +444,6 @@ def _plan(ckpt: Checkpoint, fam: Family, hp: HParams, src: Source, qtype: T, emb
             if fam.permute_qk and role in ("attn_q", "attn_k"):
                 q = permute_qk(q, n_head)
             values = q.astype(np.float32) * s   # exactly q*s: lossless in every type
-            if t in WHOLE_TENSOR:
-                return encode(values, t)
             return encode_rows(values, t)
         out.append(PendingTensor(gname, (rows, cols), t, produce))
 
@@ -635,6 +569,8 @@ def convert(model_dir, outfile, outtype: str = "i2_s", embd_type: str | None = N
         return write_gguf(outfile, fam.gguf_arch, kv, tensors, progress)
     except ConvertError:
         raise
+    except EngineError as e:
+        raise ConvertError(str(e)) from e
     except OSError as e:
         raise ConvertError(f"writing {outfile} failed: {_one_line(e)} (nothing partial was left: "
                            "free disk space and run again)") from e

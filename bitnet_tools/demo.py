@@ -3,7 +3,6 @@ and run through the patched engine. Needs no network; proves the whole path work
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from rich.console import Console
 

@@ -5,35 +5,22 @@ from __future__ import annotations
 import ctypes
 import json
 import re
-from pathlib import Path
 
-from . import engine
-
-
-def loaded_library_dir() -> Path | None:
-    """Directory of the libllama/libggml that `import llama_cpp` loads."""
-    try:
-        import llama_cpp
-    except Exception:  # noqa: BLE001 - any import failure means "not usable"
-        return None
-    return Path(llama_cpp.__file__).parent / "lib"
+from . import engine, quants
 
 
 def ggml_type_name(type_id: int) -> str | None:
     """ggml_type_name() of the library the bindings load: proves which ggml this is."""
-    libdir = loaded_library_dir()
-    if libdir is None:
+    try:
+        lib = engine.ggml_base_library()
+    except (ImportError, engine.EngineError):
         return None
-    candidates = sorted(libdir.glob("libggml-base.*"))
-    if not candidates:
-        return None
-    lib = ctypes.CDLL(str(candidates[0]))
+    if not hasattr(lib, "ggml_tl_nbytes"):
+        return None  # not our build: its type tables may end before our ids, so do not index them
     lib.ggml_type_name.restype = ctypes.c_char_p
     lib.ggml_type_name.argtypes = [ctypes.c_int]
     lib.ggml_blck_size.restype = ctypes.c_int64
     lib.ggml_blck_size.argtypes = [ctypes.c_int]
-    if type_id >= 43 and not hasattr(lib, "ggml_tl_nbytes"):
-        return None  # ids past upstream's count exist only in our build: do not index past its tables
     if lib.ggml_blck_size(type_id) == 0:
         return None
     name = lib.ggml_type_name(type_id)
@@ -72,10 +59,10 @@ def report() -> dict:
                                      "tools": str(engine.tools_dir(flavor))}
     installed = engine.installed_version()
     out["llama_cpp_python"] = installed
-    out["llama_cpp_lib"] = str(loaded_library_dir()) if installed else None
+    out["llama_cpp_lib"] = str(engine.library_dir()) if installed else None
     # our ternary types, as the loaded library names them: a stale or unpatched build misses some
     out["ternary_types_known"] = installed is not None and all(
-        ggml_type_name(tid) == name for tid, name in ((36, "i2_s"), (64, "tl1"), (65, "tl2")))
+        ggml_type_name(int(t.qtype)) == name for name, t in quants.OURS.items())
     feats = cpu_features()
     out["cpu_features"] = {k: feats.get(k, False) for k in
                            ("AVX", "AVX2", "FMA", "F16C", "AVX512", "AVX512_VNNI", "AVX_VNNI", "NEON", "DOTPROD")}

@@ -47,8 +47,6 @@ SHAPES = {
 }
 
 CHUNK = 1 << 22  # elements generated at a time
-# one scale per tensor: codes packed by us, the scale written once after them
-WHOLE_TENSOR = {T.I2_S: i2_s, T.TL1: quants.TL1, T.TL2: quants.TL2}
 WEIGHT_SCALE = 0.02
 
 
@@ -69,11 +67,11 @@ def _ternary(rng: np.random.Generator, rows: int, cols: int, qtype: T) -> Callab
     def produce():
         for n in _row_chunks(rows, cols):
             q = rng.integers(-1, 2, size=(n, cols), dtype=np.int8)
-            if qtype in WHOLE_TENSOR:
-                yield WHOLE_TENSOR[qtype].pack_codes(q)
+            if qtype in quants.BY_QTYPE:  # one scale per tensor: codes packed here, the scale once after them
+                yield quants.BY_QTYPE[qtype].quant.pack_codes(q)
             else:
                 yield encode(q.astype(np.float32) * np.float32(WEIGHT_SCALE), qtype)
-        if qtype in WHOLE_TENSOR:
+        if qtype in quants.BY_QTYPE:
             yield i2_s.tail(WEIGHT_SCALE)
     return produce
 

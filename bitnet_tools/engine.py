@@ -83,6 +83,16 @@ COMMON_CMAKE = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENS
                 "-DLLAMA_BUILD_SERVER=OFF"]
 
 
+def wheel_cmake_args(flavor: str) -> list[str]:
+    """CMake arguments of the llama-cpp-python wheel (the library `import llama_cpp` loads)."""
+    return FLAVORS[flavor] + COMMON_CMAKE + ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_TOOLS=OFF"]
+
+
+def tools_cmake_args(flavor: str) -> list[str]:
+    """CMake arguments of llama.cpp's own tools and tests built from the same tree."""
+    return ["-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_TOOLS=ON", *COMMON_CMAKE, *FLAVORS[flavor], *cross_cmake(flavor)]
+
+
 def host_is_aarch64() -> bool:
     return platform.machine().lower() in ("aarch64", "arm64")
 
@@ -168,9 +178,8 @@ def build_key(pin: Pin, flavor: str) -> str:
     h = hashlib.sha256()
     h.update(pin.sha256.encode())
     h.update(series_hash().encode())
-    h.update(" ".join(FLAVORS[flavor] + COMMON_CMAKE).encode())
-    if is_cross(flavor):  # a cross build is another build than a native one of the same flavor
-        h.update(" ".join(cross_cmake(flavor)).encode())
+    # exactly the arguments both builds get, so no flag can change without a rebuild
+    h.update(" ".join(wheel_cmake_args(flavor)).encode() + b"\0" + " ".join(tools_cmake_args(flavor)).encode())
     return h.hexdigest()[:12]
 
 
@@ -317,7 +326,7 @@ def build_wheel(pin: Pin, flavor: str, key: str, log) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     env = _build_env()
-    env["CMAKE_ARGS"] = " ".join(FLAVORS[flavor] + ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_TOOLS=OFF"])
+    env["CMAKE_ARGS"] = " ".join(wheel_cmake_args(flavor))
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir",
            "-C", f"build-dir={BUILD / flavor / 'py'}", "-w", str(out), str(src)]
     if _run(cmd, log, env=env).returncode != 0:
@@ -339,8 +348,7 @@ def build_tools(pin: Pin, flavor: str, log, targets: list[str] = TOOLS) -> Path:
     """llama.cpp's own tools and tests from the same patched tree (pip does not build them)."""
     bdir = BUILD / flavor / "tools"
     env = _build_env()
-    cmd = ["cmake", "-S", str(pin.llama_cpp_dir), "-B", str(bdir), "-G", "Ninja",
-           "-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_TOOLS=ON", *COMMON_CMAKE, *FLAVORS[flavor], *cross_cmake(flavor)]
+    cmd = ["cmake", "-S", str(pin.llama_cpp_dir), "-B", str(bdir), "-G", "Ninja", *tools_cmake_args(flavor)]
     if _run(cmd, log, env=env).returncode != 0:
         raise EngineError(f"configuring llama.cpp's tools failed; full log: {log.name}")
     cmd = ["cmake", "--build", str(bdir), "--target", *targets]
@@ -371,6 +379,34 @@ def is_current(pin: Pin, flavor: str, key: str, wheel: bool = True) -> bool:
     if any(not (tools_dir(flavor) / t).exists() for t in TOOLS):
         return False
     return not wheel or installed_version() == wheel_version(pin, key)
+
+
+def installed_build() -> tuple[str, str]:
+    """(flavor, build key) of the build whose wheel is installed and whose tools are current:
+    `bitnet setup` and `bitnet setup --portable` install different flavors."""
+    pin = read_pin()
+    for flavor in FLAVORS:
+        key = build_key(pin, flavor)
+        if is_current(pin, flavor, key):
+            return flavor, key
+    raise EngineError("no current engine build is installed for this patch series: run 'bitnet setup --engine-only'")
+
+
+def library_dir() -> Path:
+    """Directory of the libllama/libggml that `import llama_cpp` loads (LLAMA_CPP_LIB_PATH if set,
+    as llama_cpp itself honours it, else the package's lib/)."""
+    import llama_cpp
+    return Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(llama_cpp.__file__).parent / "lib")
+
+
+def ggml_base_library():
+    """ctypes handle of the libggml-base that `import llama_cpp` loads."""
+    import ctypes
+    libdir = library_dir()
+    candidates = sorted(libdir.glob("libggml-base.*"))
+    if not candidates:
+        raise EngineError(f"no libggml-base in {libdir}: run 'bitnet setup' again")
+    return ctypes.CDLL(str(candidates[0]))
 
 
 def default_flavor(portable: bool) -> str:

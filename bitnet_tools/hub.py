@@ -20,7 +20,7 @@ class RepoDefaults:
     embd: str | None = None  # None: the converter's choice (q6_k for large vocabularies, else f16)
 
 
-# the repos bitnet.cpp's setup supports (shared/specs/formats.md); others are tried by architecture
+# the repos bitnet.cpp's setup supports; others are tried by architecture
 KNOWN_REPOS: dict[str, RepoDefaults] = {
     "1bitLLM/bitnet_b1_58-large": RepoDefaults(),
     "1bitLLM/bitnet_b1_58-3B": RepoDefaults(),

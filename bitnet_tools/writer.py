@@ -7,6 +7,7 @@ that looks valid.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,49 +17,95 @@ import numpy as np
 import gguf
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
-from . import quants
-from .quants import i2_s
+from . import engine, quants
 
-# output types a ternary weight can be written as, by the names users type
-TERNARY_TYPES = {
-    "f32": T.F32, "f16": T.F16, "bf16": T.BF16,
-    "tq1_0": T.TQ1_0, "tq2_0": T.TQ2_0, "i2_s": T.I2_S, "tl1": T.TL1, "tl2": T.TL2,
-}
+# output types a ternary weight can be written as, by the names users type: ours (the registry,
+# quants.OURS) and llama.cpp's own
+TERNARY_TYPES = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "tq1_0": T.TQ1_0, "tq2_0": T.TQ2_0,
+                 **{name: t.qtype for name, t in quants.OURS.items()}}
 # general.file_type of a file whose ternary weights are of that type
 FILE_TYPES = {
     T.F32: gguf.LlamaFileType.ALL_F32, T.F16: gguf.LlamaFileType.MOSTLY_F16,
     T.BF16: gguf.LlamaFileType.MOSTLY_BF16, T.TQ1_0: gguf.LlamaFileType.MOSTLY_TQ1_0,
-    T.TQ2_0: gguf.LlamaFileType.MOSTLY_TQ2_0, T.I2_S: gguf.LlamaFileType.MOSTLY_I2_S,
-    T.TL1: gguf.LlamaFileType.MOSTLY_TL1, T.TL2: gguf.LlamaFileType.MOSTLY_TL2,
+    T.TQ2_0: gguf.LlamaFileType.MOSTLY_TQ2_0,
+    **{t.qtype: gguf.LlamaFileType(t.file_type) for t in quants.OURS.values()},
 }
-# whole-tensor types whose encoder is ours (one scale per tensor)
-_OWN = {T.I2_S: quants.I2_S, T.TL1: quants.TL1, T.TL2: quants.TL2}
 # types for the token embedding / output head
 EMBEDDING_TYPES = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q6_k": T.Q6_K, "q4_0": T.Q4_0}
+# types gguf-py (with our classes) encodes in numpy; the others go through ggml_quantize_chunk
+NUMPY_QUANTS = {T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.TQ1_0, T.TQ2_0, *quants.BY_QTYPE}
+ROW_CHUNK = 1 << 22  # elements encoded at a time for row-chunked types
+
+
+def fits(width: int, qtype: T) -> bool:
+    """Whether rows of `width` values can be stored as `qtype`."""
+    if qtype in quants.BY_QTYPE:
+        return width % quants.BY_QTYPE[qtype].row_multiple == 0
+    return width % GGML_QUANT_SIZES[qtype][0] == 0
 
 
 def tensor_nbytes(shape: tuple[int, ...], qtype: T) -> int:
     """Bytes of a tensor as ggml_nbytes computes them (shape in numpy order)."""
-    n = int(np.prod(shape))
-    if qtype == T.I2_S:
-        return i2_s.nbytes(n)
-    if qtype in (T.TL1, T.TL2):
-        return _OWN[qtype].nbytes(shape)
-    block, size = GGML_QUANT_SIZES[qtype]
-    if shape[-1] % block:
+    if not fits(shape[-1], qtype):  # nothing is written that llama.cpp would refuse to load
+        block = quants.BY_QTYPE[qtype].row_multiple if qtype in quants.BY_QTYPE else GGML_QUANT_SIZES[qtype][0]
         raise ValueError(f"rows of {shape[-1]} values are not a multiple of {qtype.name}'s block of {block}")
-    return n // block * size
+    if qtype in quants.BY_QTYPE:
+        return quants.BY_QTYPE[qtype].nbytes(shape)
+    block, size = GGML_QUANT_SIZES[qtype]
+    return int(np.prod(shape)) // block * size
 
 
 def encode(values: np.ndarray, qtype: T) -> np.ndarray:
-    """float values (numpy order) -> the bytes of a `qtype` tensor."""
+    """float values (numpy order) -> the bytes of a `qtype` tensor. Our types hold one scale per
+    tensor (and TL tiles span rows), so they are encoded whole, never in row chunks."""
     if qtype == T.F32:
         return values.astype(np.float32, copy=False)
     if qtype == T.F16:
         return values.astype(np.float16)
-    if qtype in _OWN:
-        return _OWN[qtype].quantize(values)
+    if qtype in quants.BY_QTYPE:
+        return quants.BY_QTYPE[qtype].quant.quantize(values)
+    if qtype not in NUMPY_QUANTS:
+        return ggml_quantize(values, qtype)
     return gguf.quants.quantize(values.astype(np.float32, copy=False), qtype)
+
+
+def encode_rows(values: np.ndarray, qtype: T):
+    """Encode a 2-D float tensor in row chunks (yields byte arrays); our types whole."""
+    if qtype in quants.BY_QTYPE:
+        yield encode(values, qtype)
+        return
+    rows, cols = values.shape
+    per = max(1, ROW_CHUNK // max(cols, 1))
+    for r0 in range(0, rows, per):
+        yield encode(values[r0:r0 + per], qtype)
+
+
+_GGML = None
+
+
+def ggml_quantize(values: np.ndarray, qtype: T) -> np.ndarray:
+    """float32 [rows, cols] -> the bytes of a `qtype` tensor, by the engine's ggml_quantize_chunk
+    (stock k-quants: gguf-py has no numpy Q6_K quantizer)."""
+    global _GGML
+    if _GGML is None:
+        try:
+            lib = engine.ggml_base_library()
+        except ImportError as e:
+            raise engine.EngineError(f"quantizing to {qtype.name} needs the engine (import llama_cpp failed: {e}): "
+                                     "run 'bitnet setup', or choose --embd-type f16/q8_0") from e
+        lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+        lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                            ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+        lib.ggml_row_size.restype = ctypes.c_size_t
+        lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
+        _GGML = lib
+    src = np.ascontiguousarray(values, dtype=np.float32)
+    rows, cols = src.shape
+    dst = np.empty(_GGML.ggml_row_size(int(qtype), cols) * rows, dtype=np.uint8)
+    n = _GGML.ggml_quantize_chunk(int(qtype), src.ctypes.data, dst.ctypes.data, 0, rows, cols, None)
+    if n != dst.nbytes:
+        raise RuntimeError(f"ggml_quantize_chunk wrote {n} bytes, expected {dst.nbytes}")
+    return dst
 
 
 @dataclass
@@ -83,8 +130,12 @@ def write_gguf(path: Path, arch: str, kv: Callable[[gguf.GGUFWriter], None],
         w = gguf.GGUFWriter(tmp, arch, use_temp_file=False)
         kv(w)
         for t in tensors:
+            try:
+                nbytes = tensor_nbytes(t.shape, t.qtype)
+            except ValueError as e:
+                raise ValueError(f"{t.name}: {e}: choose another type (tl1 and tl2 take any row width)") from None
             # a non-uint8 dtype makes gguf-py keep our element shape as given
-            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), tensor_nbytes(t.shape, t.qtype), raw_dtype=t.qtype)
+            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), nbytes, raw_dtype=t.qtype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()

@@ -119,3 +119,45 @@ def test_chat_as_a_person_would_in_a_terminal(tiny):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_dummy_refuses_widths_its_type_cannot_hold(tmp_path):
+    """The 3B shape's FFN rows (8640) are no multiple of I2_S's 128: refused with one line before
+    any data is written, never a file that llama.cpp and `bitnet info` refuse to load."""
+    out = tmp_path / "d3b-i2_s.gguf"
+    r = runner.invoke(app, ["dummy", "--shape", "3b", "-q", "i2_s", "--embd-type", "f16", "-o", str(out)])
+    assert r.exit_code != 0 and "8640" in r.output and "tl2" in r.output, r.output
+    assert "Traceback" not in r.output
+    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_setup_refuses_both_sources_before_building(monkeypatch, tmp_path):
+    from bitnet_tools import engine
+    built = []
+    monkeypatch.setattr(engine, "build", lambda **kw: built.append(kw) or {"rebuilt": False, "flavor": "native", "key": "x"})
+    r = runner.invoke(app, ["setup", "--hf-repo", "a/b", "--model-dir", str(tmp_path)])
+    assert r.exit_code != 0 and "not both" in r.output, r.output
+    assert built == [], "the engine was built before the arguments were checked"
+
+
+def test_tools_follow_the_installed_flavor(monkeypatch, tmp_path):
+    """After `bitnet setup --portable` the installed build is the portable flavor: the CLI's tools
+    (bench, ppl), bench's engine key and the tests' fixture all follow it, not "native"."""
+    from bitnet_tools import bench, cli, engine
+    pin = engine.read_pin()
+    flavor = engine.portable_flavor()
+    key = engine.build_key(pin, flavor)
+    monkeypatch.setattr(engine, "BUILD", tmp_path)
+    (tmp_path / flavor).mkdir()
+    engine.stamp_path(flavor).write_text('{"key": "%s"}' % key)
+    engine.tools_dir(flavor).mkdir(parents=True)
+    for t in engine.TOOLS:
+        (engine.tools_dir(flavor) / t).touch()
+    monkeypatch.setattr(engine, "installed_version", lambda: engine.wheel_version(pin, key))
+    assert engine.installed_build() == (flavor, key)
+    assert cli._current_tools() == tmp_path / flavor / "tools" / "bin"
+    assert bench._engine_key() == key
+    # and with nothing current, one line that says what to run
+    monkeypatch.setattr(engine, "installed_version", lambda: None)
+    with pytest.raises(engine.EngineError, match="bitnet setup"):
+        engine.installed_build()

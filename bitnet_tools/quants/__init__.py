@@ -6,6 +6,8 @@ Importing this module registers the ids (so `gguf.GGUFReader` accepts our files)
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import gguf
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
@@ -49,8 +51,36 @@ def register() -> None:
 
 register()
 
-from .i2_s import I2_S  # noqa: E402  (needs the registered ids)
+from . import i2_s  # noqa: E402  (needs the registered ids)
+from .i2_s import I2_S  # noqa: E402
 from .tl import TL1, TL2  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Ternary:
+    """One of our ternary types: everything the package needs to know of it, in one place."""
+    name: str               # the name users type (-q, --outtype)
+    quant: type             # numpy class, bit-identical to the C reference
+    file_type: int          # llama ftype of a file whose ternary weights are of this type
+    row_multiple: int       # row widths must be a multiple of this (TL rows are zero-padded: 1)
+    kernels: tuple          # SIMD kernels beside the scalar reference: "avx512", "avx2", "neon"
+
+    @property
+    def qtype(self) -> GGMLQuantizationType:
+        return self.quant.qtype
+
+    def nbytes(self, shape: tuple[int, ...]) -> int:
+        """Bytes of a tensor of this type (shape in numpy order), as ggml_nbytes computes them."""
+        return self.quant.nbytes(tuple(shape))
+
+
+# the registry: writer, convert, dummy, bench, doctor and the tests read it
+OURS = {t.name: t for t in (
+    Ternary("i2_s", I2_S, FILE_TYPES["MOSTLY_I2_S"], i2_s.QK, ("avx512", "avx2", "neon")),
+    Ternary("tl1", TL1, FILE_TYPES["MOSTLY_TL1"], 1, ("avx512", "neon")),
+    Ternary("tl2", TL2, FILE_TYPES["MOSTLY_TL2"], 1, ("avx512", "avx2")),
+)}
+BY_QTYPE = {t.qtype: t for t in OURS.values()}
 
 
 def _reader_sizes_tiles() -> None:
@@ -73,4 +103,4 @@ def _reader_sizes_tiles() -> None:
 
 _reader_sizes_tiles()
 
-__all__ = ["I2_S", "TL1", "TL2", "register", "TYPES"]
+__all__ = ["I2_S", "TL1", "TL2", "OURS", "BY_QTYPE", "Ternary", "register", "TYPES"]

@@ -75,6 +75,12 @@ def unpack(data: np.ndarray, n_elements: int) -> tuple[np.ndarray, np.float32]:
 class I2_S(_Quant, qtype=GGMLQuantizationType.I2_S):
     """Whole-tensor quantizer: the scale is per tensor, so there are no independent blocks."""
 
+    pack_codes = staticmethod(pack_codes)  # codes alone, the per-tensor tail written after them
+
+    @classmethod
+    def nbytes(cls, shape: tuple[int, ...]) -> int:
+        return nbytes(int(np.prod(shape)))
+
     @classmethod
     def quantize(cls, data: np.ndarray) -> np.ndarray:
         if data.shape[-1] % QK != 0:
