@@ -187,23 +187,84 @@ def speedups(results: list[Result]) -> list[dict]:
 
 # ---------------------------------------------------------------- outputs
 
-def write_outputs(results: list[Result], command: str, json_path: Path | None, csv_path: Path | None,
-                  png_path: Path | None) -> None:
+def prepare_models(model: Path | None, shape: str, types: list[str], models_dir: Path, tools: Path,
+                   progress) -> list[tuple[str, Path]]:
+    """(type, file) pairs to run: the given GGUF, or a dummy model of `shape` per type (cached)."""
+    if model is not None:
+        from .runtime import check_model_file
+        check_model_file(model)
+        return [(model.stem.rsplit("-", 1)[-1].lower(), model)]
+    task = progress.add_task("preparing models", total=len(types))
+    models = []
+    for t in types:
+        models.append((t, bench_model(shape, t, models_dir, tools)))
+        progress.advance(task)
+    return models
+
+
+def run_matrix(tools: Path, models: list[tuple[str, Path]], threads: list[int], n_prompt: int, n_gen: int,
+               reps: int, watts_per_core: float, baseline: Path | None, progress) -> list[Result]:
+    """Every model x thread count x test (pp, tg) through our llama-bench, and stock types also
+    through the baseline's llama-bench when one is given."""
+    benches = [(tools / "llama-bench", "bitnet-tools")]
+    runs = [(t, m, th, test, bb, eng) for t, m in models for th in threads for test in ("pp", "tg")
+            for bb, eng in benches + ([(baseline, "stock")] if baseline is not None and t not in OURS else [])]
+    task = progress.add_task("benchmarking", total=len(runs))
+    results = []
+    for t, m, th, test, bb, eng in runs:
+        progress.update(task, description=f"{t} {eng} {test} {th} thr")
+        results.append(run_one(bb, m, t, th, n_prompt if test == "pp" else 0, n_gen if test == "tg" else 0,
+                               reps, watts_per_core, engine_name=eng))
+        progress.advance(task)
+    return results
+
+
+def write_outputs(results: list[Result], command: str, outdir: Path, stem: str) -> list[Path]:
+    """<stem>.json (every repetition, the machine, the speedups), .csv and .png in outdir."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path, png_path = (outdir / f"{stem}.{k}" for k in ("json", "csv", "png"))
     doc = {"schema": SCHEMA_VERSION, "command": command, "machine": machine_info(),
            "results": [asdict(r) for r in results], "speedups": speedups(results)}
-    if json_path:
-        _atomic_write(json_path, json.dumps(doc, indent=2))
-    if csv_path:
-        tmp = csv_path.with_name(f".{csv_path.name}.partial")
-        with open(tmp, "w", newline="") as f:
-            fields = [k for k in asdict(results[0]) if k != "samples"]
-            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            w.writeheader()
-            for r in results:
-                w.writerow(asdict(r))
-        os.replace(tmp, csv_path)
-    if png_path:
-        plot(results, png_path)
+    _atomic_write(json_path, json.dumps(doc, indent=2))
+    tmp = csv_path.with_name(f".{csv_path.name}.partial")
+    with open(tmp, "w", newline="") as f:
+        fields = [k for k in asdict(results[0]) if k != "samples"]
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in results:
+            w.writerow(asdict(r))
+    os.replace(tmp, csv_path)
+    plot(results, png_path)
+    return [json_path, csv_path, png_path]
+
+
+def render(results: list[Result], command: str, show_engine: bool, watts_per_core: float, console) -> None:
+    """The results table (ours marked *), the same-run speedups, and whether energy is estimated."""
+    from rich.table import Table
+    measured = all(r.energy_source.startswith("measured") for r in results)
+    table = Table(title=command)
+    cols = ["type"] + (["engine"] if show_engine else []) + ["thr", "test", "t/s", "±", "MiB", "bpw", "RSS MiB",
+                                                             "J/tok" if measured else "J/tok (est.)"]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("type", "engine", "test") else "right", no_wrap=True)
+    for r in results:
+        row = [r.type + ("*" if r.ours else "")] + ([r.engine] if show_engine else [])
+        row += [str(r.threads), r.test, f"{r.tps_mean:.2f}", f"{r.tps_sd:.2f}", f"{r.size_bytes / 2**20:.0f}",
+                f"{r.bpw:.2f}", f"{r.peak_rss_mib:.0f}", f"{r.energy_j_per_token:.3f}"]
+        table.add_row(*row)
+    console.print(table)
+    sp = speedups(results)
+    if sp:
+        t2 = Table(title="speedup of ours over stock (same run)")
+        for col in ("ours", "stock", "thr", "test", "speedup", "energy ratio"):
+            t2.add_column(col)
+        for x in sp:
+            t2.add_row(x["ours"], x["stock"] + ("" if x["stock_engine"] == "bitnet-tools" else f" ({x['stock_engine']})"),
+                       str(x["threads"]), x["test"], f"{x['speedup']:.2f}x", f"{x['energy_ratio']:.2f}")
+        console.print(t2)
+    if not any(r.energy_source.startswith("measured") for r in results):
+        console.print(f"[yellow]energy is ESTIMATED ({watts_per_core:g} W per busy core x CPU time): "
+                      "RAPL counters are not readable here[/]")
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -391,64 +391,18 @@ def bench(
         fail(f"--baseline {baseline} does not exist: point it at a stock build's llama-bench binary")
     type_list = [t.strip().lower() for t in types.split(",") if t.strip()]
     command = "bitnet bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "bitnet bench"
-    results = []
     try:
         with Progress(console=err) as progress:
-            if model is not None:
-                from .runtime import check_model_file
-                check_model_file(model)
-                models = [(model.stem.rsplit("-", 1)[-1].lower(), model)]
-            else:
-                task = progress.add_task("preparing models", total=len(type_list))
-                models = []
-                for t in type_list:
-                    models.append((t, b.bench_model(shape, t, models_dir, tools)))
-                    progress.advance(task)
-            runs = [(t, m, th, test, bb, eng) for t, m in models for th in thread_list for test in ("pp", "tg")
-                    for bb, eng in [(tools / "llama-bench", "bitnet-tools")] +
-                    ([(baseline, "stock")] if baseline is not None and t not in b.OURS else [])]
-            task = progress.add_task("benchmarking", total=len(runs))
-            for t, m, th, test, bb, eng in runs:
-                progress.update(task, description=f"{t} {eng} {test} {th} thr")
-                results.append(b.run_one(bb, m, t, th, n_prompt if test == "pp" else 0, n_gen if test == "tg" else 0,
-                                         reps, watts_per_core, engine_name=eng))
-                progress.advance(task)
+            models = b.prepare_models(model, shape, type_list, models_dir, tools, progress)
+            results = b.run_matrix(tools, models, thread_list, n_prompt, n_gen, reps, watts_per_core, baseline,
+                                   progress)
     except (b.BenchError, ValueError, OSError) as e:
         if _debug:
             raise
         fail(str(e))
-
-    outdir.mkdir(parents=True, exist_ok=True)
-    stem = f"bench-{(model.stem if model else shape)}"
-    paths = {k: outdir / f"{stem}.{k}" for k in ("json", "csv", "png")}
-    b.write_outputs(results, command, paths["json"], paths["csv"], paths["png"])
-
-    measured = all(r.energy_source.startswith("measured") for r in results)
-    show_engine = baseline is not None
-    table = Table(title=command)
-    cols = ["type"] + (["engine"] if show_engine else []) + ["thr", "test", "t/s", "±", "MiB", "bpw", "RSS MiB",
-                                                             "J/tok" if measured else "J/tok (est.)"]
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("type", "engine", "test") else "right", no_wrap=True)
-    for r in results:
-        row = [r.type + ("*" if r.ours else "")] + ([r.engine] if show_engine else [])
-        row += [str(r.threads), r.test, f"{r.tps_mean:.2f}", f"{r.tps_sd:.2f}", f"{r.size_bytes / 2**20:.0f}",
-                f"{r.bpw:.2f}", f"{r.peak_rss_mib:.0f}", f"{r.energy_j_per_token:.3f}"]
-        table.add_row(*row)
-    console.print(table)
-    sp = b.speedups(results)
-    if sp:
-        t2 = Table(title="speedup of ours over stock (same run)")
-        for col in ("ours", "stock", "thr", "test", "speedup", "energy ratio"):
-            t2.add_column(col)
-        for x in sp:
-            t2.add_row(x["ours"], x["stock"] + ("" if x["stock_engine"] == "bitnet-tools" else f" ({x['stock_engine']})"),
-                       str(x["threads"]), x["test"], f"{x['speedup']:.2f}x", f"{x['energy_ratio']:.2f}")
-        console.print(t2)
-    if not any(r.energy_source.startswith("measured") for r in results):
-        console.print(f"[yellow]energy is ESTIMATED ({watts_per_core:g} W per busy core x CPU time): "
-                      "RAPL counters are not readable here[/]")
-    console.print(f"written: {', '.join(str(p) for p in paths.values())}")
+    paths = b.write_outputs(results, command, outdir, f"bench-{(model.stem if model else shape)}")
+    b.render(results, command, baseline is not None, watts_per_core, console)
+    console.print(f"written: {', '.join(str(p) for p in paths)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,7 @@ import gguf
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from . import engine, quants
+from .gguf_adapter import close_streamed, data_stream
 
 # output types a ternary weight can be written as, by the names users type: ours (the registry,
 # quants.OURS) and llama.cpp's own
@@ -139,7 +140,7 @@ def write_gguf(path: Path, arch: str, kv: Callable[[gguf.GGUFWriter], None],
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        fout = w.fout[0]
+        fout = data_stream(w)
         for t in tensors:
             data = t.produce()
             chunks = [data] if isinstance(data, np.ndarray) else data
@@ -155,8 +156,7 @@ def write_gguf(path: Path, arch: str, kv: Callable[[gguf.GGUFWriter], None],
             w.write_padding(fout, written)
             if progress:
                 progress(t.name)
-        w.tensors = [{}]  # all data written by hand above
-        w.close()
+        close_streamed(w)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

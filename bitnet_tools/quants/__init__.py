@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import gguf
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
+
+from ..gguf_adapter import add_enum_member, size_tensors_by
 
 # id, (block size, bytes per block) -- must agree with patches/ (ggml.h, ggml.c) and docs/types.md
 # TL1/TL2 interleave rows in tiles, so no (block, bytes) pair gives their size: quants.tl does,
@@ -23,30 +23,12 @@ TYPES = {
 FILE_TYPES = {"MOSTLY_I2_S": 200, "MOSTLY_TL1": 201, "MOSTLY_TL2": 202}
 
 
-def _add_member(enum_cls, name: str, value: int):
-    """Add a member to an IntEnum that was not written with it (gguf-py's type and ftype enums)."""
-    if name in enum_cls.__members__:
-        return enum_cls[name]
-    if value in enum_cls._value2member_map_:
-        raise ValueError(f"{enum_cls.__name__} already has value {value} "
-                         f"({enum_cls._value2member_map_[value].name}); cannot register {name}")
-    member = int.__new__(enum_cls, value)
-    member._name_, member._value_ = name, value
-    member.__objclass__ = enum_cls
-    member.__init__(value)
-    enum_cls._member_map_[name] = member
-    enum_cls._value2member_map_[value] = member
-    enum_cls._member_names_.append(name)
-    type.__setattr__(enum_cls, name, member)
-    return member
-
-
 def register() -> None:
     for name, (value, sizes) in TYPES.items():
-        qtype = _add_member(GGMLQuantizationType, name, value)
+        qtype = add_enum_member(GGMLQuantizationType, name, value)
         GGML_QUANT_SIZES[qtype] = sizes
     for name, value in FILE_TYPES.items():
-        _add_member(LlamaFileType, name, value)
+        add_enum_member(LlamaFileType, name, value)
 
 
 register()
@@ -83,24 +65,7 @@ OURS = {t.name: t for t in (
 BY_QTYPE = {t.qtype: t for t in OURS.values()}
 
 
-def _reader_sizes_tiles() -> None:
-    """GGUFReader: give TL1/TL2 tensors their real bytes (gguf-py derives sizes from blocks)."""
-    from gguf.gguf_reader import GGUFReader
-    build = GGUFReader._build_tensors
-    if getattr(build, "bitnet_tiles", False):
-        return
-    tiled = {GGMLQuantizationType.TL1: TL1, GGMLQuantizationType.TL2: TL2}
-
-    def build_tensors(self, start_offs, fields):
-        build(self, start_offs, fields)
-        for i, t in enumerate(self.tensors):
-            if t.tensor_type in tiled:
-                n = tiled[t.tensor_type].nbytes(tuple(int(d) for d in reversed(t.shape)))
-                self.tensors[i] = t._replace(n_bytes=n, data=self._get(t.data_offset, np.uint8, n))
-    build_tensors.bitnet_tiles = True
-    GGUFReader._build_tensors = build_tensors
-
-
-_reader_sizes_tiles()
+# GGUFReader sizes tensors from blocks; TL1/TL2 tiles span rows, so it is told their real sizes
+size_tensors_by({t.qtype: t.nbytes for t in (OURS["tl1"], OURS["tl2"])})
 
 __all__ = ["I2_S", "TL1", "TL2", "OURS", "BY_QTYPE", "Ternary", "register", "TYPES"]

@@ -11,14 +11,14 @@ half-to-even (np.rint, like nearbyintf).
 from __future__ import annotations
 
 import numpy as np
-import gguf.quants
 from gguf.constants import GGMLQuantizationType
+
+from ..gguf_adapter import Quant as _Quant
 
 QK = 128          # elements per group
 TAIL = 32         # bytes after the codes
 _SHIFTS = np.array([6, 4, 2, 0], dtype=np.uint8).reshape(1, 4, 1)
 
-_Quant = getattr(gguf.quants, "__Quant")
 
 
 def nbytes(n_elements: int) -> int:

@@ -13,15 +13,15 @@ Mirrors quantize_tl / dequantize_tl in ggml-bitnet.c bit for bit (the ternarizat
 from __future__ import annotations
 
 import numpy as np
-import gguf.quants
 from gguf.constants import GGMLQuantizationType
+
+from ..gguf_adapter import Quant as _Quant
 
 from .i2_s import TAIL, tail, ternarize
 
 TILE = 16   # rows per tile
 CHUNK = 4   # groups per chunk
 
-_Quant = getattr(gguf.quants, "__Quant")
 
 
 class _TL:
