@@ -167,7 +167,9 @@ def metadata(shape: Shape, name: str, file_type: int) -> Callable[[gguf.GGUFWrit
 
 
 def write(path: Path, shape_name: str, qtype_name: str, embd_type_name: str = "q6_k", seed: int = 0,
-          progress: Callable[[str], None] | None = None) -> Path:
+          progress: Callable[[str], None] | None = None, arch: str = ARCH) -> Path:
+    """A random-weight model; `arch` may be any name the engine maps to BitNet b1.58 with a relu²
+    FFN (bitnet-b1.58, or bitnet-25 as older bitnet.cpp converters wrote it)."""
     if shape_name not in SHAPES:
         raise ValueError(f"unknown shape {shape_name!r}: choose one of {', '.join(SHAPES)}")
     if qtype_name not in TERNARY_TYPES:
@@ -177,4 +179,4 @@ def write(path: Path, shape_name: str, qtype_name: str, embd_type_name: str = "q
     shape, qtype, embd_type = SHAPES[shape_name], TERNARY_TYPES[qtype_name], EMBEDDING_TYPES[embd_type_name]
     ts = tensors(shape, qtype, embd_type, seed)
 
-    return write_gguf(path, ARCH, metadata(shape, f"bitnet-dummy-{shape_name}", int(FILE_TYPES[qtype])), ts, progress)
+    return write_gguf(path, arch, metadata(shape, f"bitnet-dummy-{shape_name}", int(FILE_TYPES[qtype])), ts, progress)

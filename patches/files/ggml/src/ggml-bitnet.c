@@ -128,6 +128,19 @@ size_t ggml_tl_nbytes(enum ggml_type type, int64_t n_per_row, int64_t nrows) {
     return (size_t)(full*nc) * ggml_tl_chunk_bytes(type, TL_TILE_ROWS) + (size_t) nc * ggml_tl_chunk_bytes(type, h);
 }
 
+bool ggml_is_ternary_whole(enum ggml_type type) {
+    return type == GGML_TYPE_I2_S || type == GGML_TYPE_TL1 || type == GGML_TYPE_TL2;
+}
+
+size_t ggml_ternary_nbytes(enum ggml_type type, int64_t n_per_row, int64_t nrows) {
+    switch (type) {
+        case GGML_TYPE_I2_S: return (size_t)(n_per_row*nrows)/4 + I2_S_TAIL;
+        case GGML_TYPE_TL1:
+        case GGML_TYPE_TL2:  return ggml_tl_nbytes(type, n_per_row, nrows) + I2_S_TAIL;
+        default:             return 0;
+    }
+}
+
 // where the code of (row r, group g) lives: offset of its chunk, lane and tile height
 static size_t tl_chunk(enum ggml_type type, int64_t n_per_row, int64_t nrows, int64_t r, int64_t g, int * lane, int64_t * h) {
     const int64_t nc   = ggml_tl_chunks(type, n_per_row);
