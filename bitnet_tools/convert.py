@@ -26,12 +26,12 @@ from typing import Callable
 
 import numpy as np
 import gguf
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
+from gguf.constants import GGMLQuantizationType as T
 
 from . import quants  # noqa: F401  (registers our types with gguf-py)
 from .engine import EngineError
 from .models import Family, families, for_architecture
-from .writer import EMBEDDING_TYPES, FILE_TYPES, TERNARY_TYPES, PendingTensor, encode_rows, fits, write_gguf
+from .writer import EMBEDDING_TYPES, FILE_TYPES, TERNARY_TYPES, PendingTensor, encode_rows, fits, row_block, write_gguf
 
 log = logging.getLogger(__name__)
 
@@ -454,8 +454,7 @@ def _plan(ckpt: Checkpoint, fam: Family, hp: HParams, src: Source, qtype: T, emb
                                "weights and config.json do not belong together")
         t = embd_qtype
         if not fits(e, t):
-            log.warning("%s: rows of %d do not fit %s blocks of %d: writing f16", gname, e, t.name,
-                        GGML_QUANT_SIZES[t][0])
+            log.warning("%s: rows of %d do not fit %s blocks of %d: writing f16", gname, e, t.name, row_block(t))
             t = T.F16
         out.append(PendingTensor(gname, (hp.n_vocab, e), t, lambda: encode_rows(ckpt.get(name), t)))
 

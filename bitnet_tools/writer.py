@@ -38,18 +38,22 @@ NUMPY_QUANTS = {T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.TQ1_0, T.TQ2_0, *quants.
 ROW_CHUNK = 1 << 22  # elements encoded at a time for row-chunked types
 
 
+def row_block(qtype: T) -> int:
+    """Row widths of a `qtype` tensor must be a multiple of this."""
+    if qtype in quants.BY_QTYPE:
+        return quants.BY_QTYPE[qtype].row_multiple
+    return GGML_QUANT_SIZES[qtype][0]
+
+
 def fits(width: int, qtype: T) -> bool:
     """Whether rows of `width` values can be stored as `qtype`."""
-    if qtype in quants.BY_QTYPE:
-        return width % quants.BY_QTYPE[qtype].row_multiple == 0
-    return width % GGML_QUANT_SIZES[qtype][0] == 0
+    return width % row_block(qtype) == 0
 
 
 def tensor_nbytes(shape: tuple[int, ...], qtype: T) -> int:
     """Bytes of a tensor as ggml_nbytes computes them (shape in numpy order)."""
     if not fits(shape[-1], qtype):  # nothing is written that llama.cpp would refuse to load
-        block = quants.BY_QTYPE[qtype].row_multiple if qtype in quants.BY_QTYPE else GGML_QUANT_SIZES[qtype][0]
-        raise ValueError(f"rows of {shape[-1]} values are not a multiple of {qtype.name}'s block of {block}")
+        raise ValueError(f"rows of {shape[-1]} values are not a multiple of {qtype.name}'s block of {row_block(qtype)}")
     if qtype in quants.BY_QTYPE:
         return quants.BY_QTYPE[qtype].nbytes(shape)
     block, size = GGML_QUANT_SIZES[qtype]
