@@ -36,9 +36,20 @@ def add_enum_member(enum_cls: type[enum.IntEnum], name: str, value: int):
     return member
 
 
+class UnknownTensorTypes(ValueError):
+    """GGUFReader met tensors of ggml types gguf-py (with our types added) does not know. The
+    header's key/value fields were read before the tensors: `fields` holds them (name -> field),
+    `type_ids` the unknown ids, so callers can say what the file is."""
+
+    def __init__(self, type_ids: list[int], fields: dict):
+        super().__init__(f"tensors of unknown ggml types {type_ids}")
+        self.type_ids, self.fields = type_ids, fields
+
+
 def size_tensors_by(nbytes_of: dict) -> None:
     """GGUFReader: give tensors of these types their real bytes, nbytes_of[type](numpy shape)
-    (gguf-py derives every size from independent blocks)."""
+    (gguf-py derives every size from independent blocks), and raise UnknownTensorTypes for
+    type ids it does not know (gguf-py raises a bare ValueError)."""
     build = GGUFReader._build_tensors
     if getattr(build, "bitnet_sizes", None) is not None:
         build.bitnet_sizes.update(nbytes_of)
@@ -46,6 +57,10 @@ def size_tensors_by(nbytes_of: dict) -> None:
     sizes = dict(nbytes_of)
 
     def build_tensors(self, start_offs, fields):
+        known = gguf.GGMLQuantizationType._value2member_map_
+        unknown = sorted({int(f.parts[4][0]) for f in fields} - set(known))  # parts: name len, name, n_dims, dims, type, offset
+        if unknown:
+            raise UnknownTensorTypes(unknown, dict(self.fields))
         build(self, start_offs, fields)
         for i, t in enumerate(self.tensors):
             if t.tensor_type in sizes:

@@ -48,20 +48,26 @@ BITNET_CPP_TL = {38: "TL1", 39: "TL2"}
 def _refuse_bitnet_cpp_tl(path: Path) -> None:
     import gguf
     from . import quants  # noqa: F401  (our type ids)
+    from .gguf_adapter import UnknownTensorTypes
+    unknown = []
     try:
-        r = gguf.GGUFReader(path)
+        fields = gguf.GGUFReader(path).fields
+    except UnknownTensorTypes as e:
+        fields, unknown = e.fields, e.type_ids
     except ValueError as e:
-        if "38 is not a valid" in str(e):
-            raise ModelError(f"{path} is a bitnet.cpp TL1 file, tied to kernels generated for one model: "
-                             "convert the checkpoint with 'bitnet convert --outtype tl1' (or tl2, i2_s)") from None
         raise ModelError(f"{path} is not a readable GGUF file ({e}): convert the checkpoint again") from None
-    arch = r.get_field("general.architecture")
-    ftype = r.get_field("general.file_type")
-    if arch is not None and ftype is not None and str(arch.contents()).startswith("bitnet") \
-            and int(ftype.contents()) in BITNET_CPP_TL:
-        kind = BITNET_CPP_TL[int(ftype.contents())]
+    arch, ftype = fields.get("general.architecture"), fields.get("general.file_type")
+    kind = None
+    if arch is not None and ftype is not None and str(arch.contents()).startswith("bitnet"):
+        kind = BITNET_CPP_TL.get(int(ftype.contents()))
+    if kind is None and 38 in unknown:  # bitnet.cpp's TL1 tensor type, whatever the header says
+        kind = "TL1"
+    if kind is not None:
         raise ModelError(f"{path} is a bitnet.cpp {kind} file, tied to kernels generated for one model: "
                          f"convert the checkpoint with 'bitnet convert --outtype {kind.lower()}' (or i2_s)")
+    if unknown:
+        raise ModelError(f"{path} holds tensors of ggml types {unknown}, which this build does not know: "
+                         "convert the checkpoint with 'bitnet convert'")
 
 
 def load(path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, **kwargs):

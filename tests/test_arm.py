@@ -146,7 +146,8 @@ def test_kernels_are_bit_identical_to_the_generic_ones(arm_bin, tmp_path, march,
     base = sorted(arm_bin.parent.rglob("libggml-base.a")) or sorted(arm_bin.glob("libggml-base.so*"))
     assert base, f"no libggml-base in {arm_bin.parent}"
     objs = []
-    for src in (Path(__file__).parent / "arm_kernels.c", tree / "src/ggml-cpu/bitnet.c", tree / "src/ggml-cpu/arch/arm/bitnet.c"):
+    for src in (Path(__file__).parent / "arm_kernels.c", tree / "src/ggml-cpu/bitnet.c",
+                tree / "src/ggml-cpu/arch/arm/bitnet-i2_s.c", tree / "src/ggml-cpu/arch/arm/bitnet-tl.c"):
         obj = tmp_path / f"{src.parent.name}-{src.stem}.o"
         r = subprocess.run([f"{prefix}gcc", "-O3", f"-march={march}", "-std=gnu11", "-I", tree / "include",
                             "-I", tree / "src", "-I", tree / "src/ggml-cpu", "-c", src, "-o", obj], capture_output=True, text=True)

@@ -3,6 +3,7 @@ agree with the scalar reference, and one build runs TL models of any shape."""
 from __future__ import annotations
 
 import ctypes
+import struct
 
 import numpy as np
 import pytest
@@ -160,4 +161,30 @@ def test_bitnet_cpp_tl_files_are_refused_with_a_clear_error(tmp_path):
     write_gguf(path, "bitnet-b1.58", dummy.metadata(shape, "x", 39),
                [PendingTensor("output_norm.weight", (256,), T.F32, lambda: np.ones(256, np.float32))])
     with pytest.raises(ModelError, match="bitnet.cpp TL2 file.*--outtype tl2"):
+        check_model_file(path)
+
+
+def _with_tensor_type(path, name: str, n: int, type_id: int) -> None:
+    """Rewrite the type of the 1-D F32 tensor `name` (n values) in the tensor infos of a file."""
+    info = struct.pack("<Q", len(name)) + name.encode() + struct.pack("<IQI", 1, n, 0)
+    data = path.read_bytes()
+    assert data.count(info) == 1
+    path.write_bytes(data.replace(info, info[:-4] + struct.pack("<I", type_id)))
+
+
+@pytest.mark.parametrize("ftype,type_id,match", [
+    (38, 38, "bitnet.cpp TL1 file.*--outtype tl1"),               # bitnet.cpp's TL1: its own tensor type 38
+    (1, 38, "bitnet.cpp TL1 file.*--outtype tl1"),                # ... even when the header says otherwise
+    (1, 250, r"tensors of ggml types \[250\].*bitnet convert"),   # a type nobody knows
+])
+def test_files_with_unknown_tensor_types_are_refused_by_cause(tmp_path, ftype, type_id, match):
+    """The refusal comes from the type ids gguf-py could not read (gguf_adapter.UnknownTensorTypes),
+    not from the wording of gguf-py's exception."""
+    from bitnet_tools.runtime import ModelError, check_model_file
+    shape = dummy.Shape(256, 1, 512, 4, 2, 300)
+    path = tmp_path / "unknown-type.gguf"
+    write_gguf(path, "bitnet-b1.58", dummy.metadata(shape, "x", ftype),
+               [PendingTensor("output_norm.weight", (256,), T.F32, lambda: np.ones(256, np.float32))])
+    _with_tensor_type(path, "output_norm.weight", 256, type_id)
+    with pytest.raises(ModelError, match=match):
         check_model_file(path)

@@ -26,6 +26,7 @@
 
 #include "ggml.h"
 
+#include <assert.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,6 +42,12 @@ extern "C" {
 // bytes of an I8_S row of n values
 #define I8_S_ROW_SIZE(n) ((size_t)(n) + I8_S_ROW_EXTRA)
 
+// one I2_S group: element j at qs[j % 32], bit shift 6 - 2*(j / 32)
+typedef struct {
+    uint8_t qs[I2_S_GROUP_B];
+} block_i2_s;
+static_assert(sizeof(block_i2_s) == QK_I2_S/4, "wrong i2_s block size");
+
 // I2_S: quantize k floats (one whole tensor, or a whole test vector) to codes + tail scale.
 GGML_API void   quantize_row_i2_s_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
 GGML_API void   dequantize_row_i2_s(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
@@ -52,6 +59,16 @@ GGML_API float  ggml_i2_s_scale(const void * data, int64_t n);
 // TL1 / TL2 (type is GGML_TYPE_TL1 or GGML_TYPE_TL2)
 #define TL_TILE_ROWS   16  // rows per tile
 #define TL_CHUNK       4   // groups per chunk
+// one chunk of a full tile (16 rows x 4 groups = 64 lanes): nibble byte b holds lanes b and b + 32
+typedef struct {
+    uint8_t qs[2*TL_TILE_ROWS];
+} block_tl1;
+static_assert(sizeof(block_tl1) == 32, "wrong tl1 chunk size");
+typedef struct {
+    uint8_t qs[2*TL_TILE_ROWS];
+    uint8_t bit4[TL_TILE_ROWS/2];  // bit 4 of lane l's code at bit l % 8 of byte l / 8
+} block_tl2;
+static_assert(sizeof(block_tl2) == 40, "wrong tl2 chunk size");
 GGML_API int     ggml_tl_group(enum ggml_type type);                         // weights per group: 2 or 3
 GGML_API int64_t ggml_tl_chunks(enum ggml_type type, int64_t n_per_row);     // chunks per row
 GGML_API size_t  ggml_tl_chunk_bytes(enum ggml_type type, int64_t h);        // bytes of a chunk of h rows

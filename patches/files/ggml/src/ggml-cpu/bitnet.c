@@ -45,6 +45,12 @@ void ggml_vec_dot_i2_s_i8_s_generic(int n, float * GGML_RESTRICT s, size_t bs, c
     *s = (float) isum * i8_s_row_d(vy, n) * ggml_i2_s_scale(vx, n);
 }
 
+void ggml_vec_dot_i2_s_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {
+    assert(nrc == 1);
+    GGML_UNUSED(bs); GGML_UNUSED(bx); GGML_UNUSED(by); GGML_UNUSED(nrc);
+    ggml_gemm_i2_s_i8_s(n, s, 0, vx, 0, vy, 0, 1, 1, ggml_i2_s_scale(vx, n));
+}
+
 void ggml_gemm_i2_s_i8_s_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
                                  const void * GGML_RESTRICT vy, size_t by, int nr, int nc, float wscale) {
     for (int c = 0; c < nc; ++c) {

@@ -21,7 +21,8 @@ void quantize_row_i8_s(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, in
 void quantize_row_i8_s_generic(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
 
 // vec_dot in ggml's signature: vx = n I2_S codes followed by their tail scale (a whole test
-// vector), vy = one I8_S row. Used by test-quantize-fns; mul_mat uses the GEMM below.
+// vector), vy = one I8_S row. Used by test-quantize-fns; mul_mat uses the GEMM below, and so does
+// ggml_vec_dot_i2_s_i8_s (one row, one column) on every architecture.
 void ggml_vec_dot_i2_s_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
 void ggml_vec_dot_i2_s_i8_s_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
 
@@ -71,7 +72,6 @@ size_t ggml_bitnet_mul_mat_wsize(const struct ggml_tensor * dst, int n_threads);
 #if !(defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86) || \
       defined(__aarch64__) || defined(_M_ARM64) || defined(__arm__) || defined(_M_ARM))
 #define quantize_row_i8_s_generic      quantize_row_i8_s
-#define ggml_vec_dot_i2_s_i8_s_generic ggml_vec_dot_i2_s_i8_s
 #define ggml_gemm_i2_s_i8_s_generic    ggml_gemm_i2_s_i8_s
 #define ggml_gemm_tl_i8_s_generic      ggml_gemm_tl_i8_s
 #endif
