@@ -234,6 +234,7 @@ static void bitnet_gemv_tile4_asm(int ng, float * GGML_RESTRICT s, const uint8_t
         size_t          b3 = 3*bx;
         size_t          cnt = (size_t) np;
         __asm__ volatile(
+            ".p2align 6\n\t"  // the loop starts a cache line: its speed does not move with the code before it
             "1:\n\t"
             "prefetcht0 (%[pl])\n\t"
             "prefetcht0 64(%[pl])\n\t"

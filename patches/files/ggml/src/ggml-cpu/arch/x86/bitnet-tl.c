@@ -273,6 +273,7 @@ static void tl_tiles3x3_asm(int tl2, int nch, const uint8_t * GGML_RESTRICT x, s
             "2:\n\t"
             TLK_RUN(64)
             TLK_ZERO_HI
+            ".p2align 6\n\t"  // the loop starts a cache line: its speed does not move with the code before it
             "1:\n\t"
             TL2K_INDEX(18, "(%[x])", 1)
             TL2K_INDEX(19, "(%[x],%[tb])", 2)
@@ -305,6 +306,7 @@ static void tl_tiles3x3_asm(int tl2, int nch, const uint8_t * GGML_RESTRICT x, s
             "2:\n\t"
             TLK_RUN(128)
             TLK_ZERO_HI
+            ".p2align 6\n\t"  // the loop starts a cache line: its speed does not move with the code before it
             "1:\n\t"
             TLK_INDEX(18, "(%[x])", 26, 27)
             TLK_INDEX(19, "(%[x],%[tb])", 26, 27)
