@@ -89,21 +89,25 @@ def energy_per_token(tps: float, wall: float, cpu_seconds: float, joules: float 
 # ---------------------------------------------------------------- models
 
 def bench_model(shape: str, qtype: str, outdir: Path, tools: Path, console=None) -> Path:
-    """A dummy model of `shape` in `qtype`, made once and reused (random ternary weights,
-    Q6_K token embedding for every type so that only the ternary weights differ)."""
+    """A dummy model of `shape` in `qtype`, made once and reused (random ternary weights, the
+    same token embedding for every type -- Q6_K, or Q8_0 where Q6_K's blocks cannot hold the
+    rows -- so that only the ternary weights differ)."""
     from . import dummy
-    from .writer import TERNARY_TYPES
+    from .writer import TERNARY_TYPES, embedding_type
 
     outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / f"{shape}-{qtype}.gguf"
     if path.exists():
         return path
+    if shape not in dummy.SHAPES:
+        raise BenchError(f"unknown shape {shape!r}: choose one of {', '.join(dummy.SHAPES)}")
+    embd = embedding_type(None, dummy.SHAPES[shape].n_embd, "q6_k")[0].name.lower()
     if qtype in TERNARY_TYPES:
-        return dummy.write(path, shape, qtype, embd_type_name="q6_k")
-    # any other stock type: llama-quantize from the f16 model, keeping the Q6_K embedding
+        return dummy.write(path, shape, qtype, embd_type_name=embd)
+    # any other stock type: llama-quantize from the f16 model, keeping its embedding
     src = bench_model(shape, "f16", outdir, tools)
     tmp = path.with_name(f".{path.name}.partial")
-    r = subprocess.run([str(tools / "llama-quantize"), "--token-embedding-type", "q6_k", str(src), str(tmp),
+    r = subprocess.run([str(tools / "llama-quantize"), "--token-embedding-type", embd, str(src), str(tmp),
                         qtype.upper()], capture_output=True, text=True)
     if r.returncode != 0:
         tmp.unlink(missing_ok=True)

@@ -301,11 +301,14 @@ def _current_tools() -> Path:
 
 @app.command()
 def dummy(
-    shape: str = typer.Option("2b4t", "--shape", help="Model shape: tiny, 125m, 700m, 1.5b, 2b4t, 3b, 8b, 13b, 30b, 70b, 100b."),
+    shape: str = typer.Option("2b4t", "--shape", help="Model shape: tiny, 125m, 700m, 1.5b, 2b4t, 3b, 8b, 13b, 30b, 70b, 100b, falcon3-1b, falcon3-3b, falcon3-7b, falcon3-10b."),
     qtype: str = typer.Option("i2_s", "-q", "--quant", help="Ternary weight type: i2_s, tl2, tl1, tq1_0, tq2_0, f16, bf16, f32."),
-    embd_type: str = typer.Option("q6_k", "--embd-type", help="Token embedding type: q6_k, q8_0, f16, f32, q4_0."),
+    embd_type: Optional[str] = typer.Option(None, "--embd-type", help="Token embedding type: q6_k, q8_0, f16, f32, "
+                                            "q4_0 (default: q6_k, or q8_0 where q6_k's blocks of 256 cannot hold the rows)."),
     out: Path = typer.Option(..., "-o", "--outfile", help="Output GGUF path."),
     seed: int = typer.Option(0, "--seed"),
+    layers: Optional[int] = typer.Option(None, "--layers", help="Fewer layers than the shape has (a small file "
+                                         "with the shape's widths)."),
 ):
     """Write a BitNet b1.58 model of a standard shape with random ternary weights (streams to disk)."""
     from rich.progress import Progress
@@ -313,16 +316,19 @@ def dummy(
 
     if shape not in dummy_mod.SHAPES:
         fail(f"unknown shape {shape!r}: choose one of {', '.join(dummy_mod.SHAPES)}")
-    n_tensors = 2 + 11 * dummy_mod.SHAPES[shape].n_layer
+    n_tensors = 2 + 11 * (layers or dummy_mod.SHAPES[shape].n_layer)
     try:
         with Progress(console=err, transient=True) as progress:
             task = progress.add_task(f"writing {out.name}", total=n_tensors)
-            dummy_mod.write(out, shape, qtype, embd_type, seed, progress=lambda name: progress.advance(task))
+            dummy_mod.write(out, shape, qtype, embd_type, seed, progress=lambda name: progress.advance(task),
+                            note=lambda msg: err.print(f"note: {msg}"), n_layer=layers)
     except (ValueError, OSError) as e:
         if _debug:
             raise
         fail(f"{e}")
-    console.print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, ~{dummy_mod.n_params(dummy_mod.SHAPES[shape]) / 1e9:.2f} B parameters)")
+    from dataclasses import replace
+    params = dummy_mod.n_params(replace(dummy_mod.SHAPES[shape], n_layer=layers or dummy_mod.SHAPES[shape].n_layer))
+    console.print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, ~{params / 1e9:.2f} B parameters)")
 
 
 @app.command()

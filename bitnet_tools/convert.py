@@ -7,9 +7,11 @@ Families (bitnet_tools/models/): 1bitLLM bitnet_b1_58 (`bitnet`), BitNet-b1.58-2
 
 Every BitLinear weight is written as exactly q*s (q in {-1, 0, 1}, one scale per tensor), so
 each output type holds the model's own weights: f32/i2_s/tl1/tl2 exactly, f16/tq1_0/tq2_0 with
-the scale rounded to fp16, bf16 with the scale rounded to bf16. A tensor whose row width does not
-fit the chosen type's block (TQ1_0/TQ2_0: 256, I2_S: 128; TL1/TL2 take any width) falls back to
-f16, with a warning.
+the scale rounded to fp16, bf16 with the scale rounded to bf16. Our types take any row width
+(bitnet_b1_58-3B's 8640 included). llama.cpp's TQ1_0/TQ2_0 need rows of whole 256-blocks: a
+BitLinear they cannot hold is written as I2_S, with a warning -- never silently as f16. A token
+embedding type that cannot hold the rows is refused if asked for, and replaced by one that can
+(with a warning) if it was only the default.
 
 Malformed input raises ConvertError (one line: cause and fix) and leaves no output file: the
 writer works on a temporary name and renames only a complete file.
@@ -31,7 +33,8 @@ from gguf.constants import GGMLQuantizationType as T
 from . import quants  # noqa: F401  (registers our types with gguf-py)
 from .engine import EngineError
 from .models import Family, families, for_architecture
-from .writer import EMBEDDING_TYPES, FILE_TYPES, TERNARY_TYPES, PendingTensor, encode_rows, fits, row_block, write_gguf
+from .writer import (EMBEDDING_TYPES, FILE_TYPES, TERNARY_TYPES, PendingTensor, embedding_type, encode_rows,
+                     row_block, ternary_type_for, write_gguf)
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +420,7 @@ def _plan(ckpt: Checkpoint, fam: Family, hp: HParams, src: Source, qtype: T, emb
     sub_norms = fam.sub_norms
     seen: set[str] = set()
     out: list[PendingTensor] = []
-    fallbacks: dict[str, int] = {}
+    substituted: dict[str, int] = {}
 
     def norm(name: str, gname: str, n: int):
         shape = ckpt.shape(name)
@@ -433,10 +436,9 @@ def _plan(ckpt: Checkpoint, fam: Family, hp: HParams, src: Source, qtype: T, emb
         if shape != want:
             raise ConvertError(f"{name} has shape {shape}, expected {want} from config.json: "
                                "weights and config.json do not belong together")
-        t = qtype
-        if not fits(cols, qtype):
-            t = T.F16
-            fallbacks[role] = cols
+        t = ternary_type_for(cols, qtype)
+        if t != qtype:
+            substituted[role] = cols
         n_head = hp.n_head if role == "attn_q" else hp.n_head_kv
 
         def produce():
@@ -453,9 +455,6 @@ def _plan(ckpt: Checkpoint, fam: Family, hp: HParams, src: Source, qtype: T, emb
             raise ConvertError(f"{name} has shape {shape}, expected {(hp.n_vocab, e)} from config.json: "
                                "weights and config.json do not belong together")
         t = embd_qtype
-        if not fits(e, t):
-            log.warning("%s: rows of %d do not fit %s blocks of %d: writing f16", gname, e, t.name, row_block(t))
-            t = T.F16
         out.append(PendingTensor(gname, (hp.n_vocab, e), t, lambda: encode_rows(ckpt.get(name), t)))
 
     if "model.embed_tokens.weight" not in ckpt:
@@ -505,9 +504,9 @@ def _plan(ckpt: Checkpoint, fam: Family, hp: HParams, src: Source, qtype: T, emb
                            "(biases, extra norms and adapters are not converted)")
     if hp.n_layer and any(f"model.layers.{hp.n_layer}." in n for n in ckpt.index):
         raise ConvertError("more layers in the weights than num_hidden_layers in config.json")
-    for role, cols in fallbacks.items():
-        log.warning("%s: rows of %d values are not a multiple of %s's block: writing those tensors as f16",
-                    role, cols, qtype.name)
+    for role, cols in substituted.items():
+        log.warning("%s: %s cannot hold rows of %d values (blocks of %d): writing those tensors as i2_s",
+                    role, qtype.name.lower(), cols, row_block(qtype))
     return out
 
 
@@ -533,7 +532,12 @@ def convert(model_dir, outfile, outtype: str = "i2_s", embd_type: str | None = N
     fam = pick_family(cfg)
     hp = hparams(cfg, fam)
     qtype = TERNARY_TYPES[outtype]
-    embd_qtype = EMBEDDING_TYPES[embd_type or ("q6_k" if hp.n_vocab >= 65536 else "f16")]
+    try:
+        embd_qtype, note = embedding_type(embd_type, hp.n_embd, "q6_k" if hp.n_vocab >= 65536 else "f16")
+    except ValueError as e:
+        raise ConvertError(str(e)) from None
+    if note:
+        log.warning("%s", note)
     ckpt = Checkpoint(model_dir)
     src = Source(ckpt, fam, scale_mode(cfg, fam), force)
     tensors = _plan(ckpt, fam, hp, src, qtype, embd_qtype, force)

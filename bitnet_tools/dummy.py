@@ -7,7 +7,8 @@ sub-norms, GQA, tied embeddings).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -17,9 +18,11 @@ from gguf.constants import GGMLQuantizationType as T
 
 from . import quants
 from .quants import i2_s
-from .writer import EMBEDDING_TYPES, FILE_TYPES, TERNARY_TYPES, PendingTensor, encode, write_gguf
+from .writer import (EMBEDDING_TYPES, FILE_TYPES, TERNARY_TYPES, PendingTensor, embedding_type, encode,
+                     ternary_type_for, write_gguf)
 
 ARCH = "bitnet-b1.58"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,12 @@ SHAPES = {
     "30b": Shape(6656, 60, 17920, 52, 52, 32000),
     "70b": Shape(8192, 80, 28672, 64, 8, 32000),
     "100b": Shape(8192, 112, 28672, 64, 8, 128256),
+    # the widths of tiiuae/Falcon3-*-1.58bit (head dim 256; those models are Llama-shaped, these
+    # dummies keep the bitnet-b1.58 graph: only the matrix widths matter for speed)
+    "falcon3-1b": Shape(2048, 18, 8192, 8, 4, 131072),
+    "falcon3-3b": Shape(3072, 22, 9216, 12, 4, 131072),
+    "falcon3-7b": Shape(3072, 28, 23040, 12, 4, 131072),
+    "falcon3-10b": Shape(3072, 40, 23040, 12, 4, 131072),
 }
 
 CHUNK = 1 << 22  # elements generated at a time
@@ -134,7 +143,8 @@ def tensors(shape: Shape, qtype: T, embd_type: T, seed: int = 0) -> list[Pending
             out.append(PendingTensor(b + name + ".weight", (n,), T.F32, _ones(n)))
         for name, rows, cols in (("attn_q", e, e), ("attn_k", kv, e), ("attn_v", kv, e), ("attn_output", e, e),
                                  ("ffn_gate", f, e), ("ffn_up", f, e), ("ffn_down", e, f)):
-            out.append(PendingTensor(b + name + ".weight", (rows, cols), qtype, _ternary(rng, rows, cols, qtype)))
+            t = ternary_type_for(cols, qtype)
+            out.append(PendingTensor(b + name + ".weight", (rows, cols), t, _ternary(rng, rows, cols, t)))
     out.append(PendingTensor("output_norm.weight", (e,), T.F32, _ones(e)))
     return out
 
@@ -166,17 +176,31 @@ def metadata(shape: Shape, name: str, file_type: int) -> Callable[[gguf.GGUFWrit
     return kv
 
 
-def write(path: Path, shape_name: str, qtype_name: str, embd_type_name: str = "q6_k", seed: int = 0,
-          progress: Callable[[str], None] | None = None, arch: str = ARCH) -> Path:
+def write(path: Path, shape_name: str, qtype_name: str, embd_type_name: str | None = None, seed: int = 0,
+          progress: Callable[[str], None] | None = None, arch: str = ARCH,
+          note: Callable[[str], None] = log.warning, n_layer: int | None = None, n_vocab: int | None = None) -> Path:
     """A random-weight model; `arch` may be any name the engine maps to BitNet b1.58 with a relu²
-    FFN (bitnet-b1.58, or bitnet-25 as older bitnet.cpp converters wrote it)."""
+    FFN (bitnet-b1.58, or bitnet-25 as older bitnet.cpp converters wrote it). The embedding is
+    q6_k unless asked otherwise or its blocks cannot hold the rows (then q8_0). Where a type
+    cannot hold a BitLinear's rows (TQ1_0/TQ2_0) that tensor is I2_S; `note` is told of each
+    such choice. n_layer / n_vocab shrink the model (test files with a shape's widths)."""
     if shape_name not in SHAPES:
         raise ValueError(f"unknown shape {shape_name!r}: choose one of {', '.join(SHAPES)}")
     if qtype_name not in TERNARY_TYPES:
         raise ValueError(f"unknown type {qtype_name!r}: choose one of {', '.join(TERNARY_TYPES)}")
-    if embd_type_name not in EMBEDDING_TYPES:
+    if embd_type_name is not None and embd_type_name not in EMBEDDING_TYPES:
         raise ValueError(f"unknown embedding type {embd_type_name!r}: choose one of {', '.join(EMBEDDING_TYPES)}")
-    shape, qtype, embd_type = SHAPES[shape_name], TERNARY_TYPES[qtype_name], EMBEDDING_TYPES[embd_type_name]
+    shape, qtype = SHAPES[shape_name], TERNARY_TYPES[qtype_name]
+    if n_layer is not None or n_vocab is not None:
+        if (n_layer is not None and n_layer < 1) or (n_vocab is not None and n_vocab < 260):
+            raise ValueError("a dummy model needs at least 1 layer and 260 tokens (3 specials and 256 bytes)")
+        shape = replace(shape, n_layer=n_layer or shape.n_layer, n_vocab=n_vocab or shape.n_vocab)
+    embd_type, why = embedding_type(embd_type_name, shape.n_embd, "q6_k")
+    if why:
+        note(why)
+    for width in sorted({shape.n_embd, shape.n_ff}):
+        if ternary_type_for(width, qtype) != qtype:
+            note(f"{qtype_name} cannot hold rows of {width} values: those tensors are i2_s")
     ts = tensors(shape, qtype, embd_type, seed)
 
     return write_gguf(path, arch, metadata(shape, f"bitnet-dummy-{shape_name}", int(FILE_TYPES[qtype])), ts, progress)

@@ -39,15 +39,40 @@ ROW_CHUNK = 1 << 22  # elements encoded at a time for row-chunked types
 
 
 def row_block(qtype: T) -> int:
-    """Row widths of a `qtype` tensor must be a multiple of this."""
-    if qtype in quants.BY_QTYPE:
-        return quants.BY_QTYPE[qtype].row_multiple
-    return GGML_QUANT_SIZES[qtype][0]
+    """Row widths of a `qtype` tensor must be a multiple of this: its block for llama.cpp's own
+    types; ours take any width (I2_S rows padded to whole groups, TL rows to whole chunks)."""
+    return 1 if qtype in quants.BY_QTYPE else GGML_QUANT_SIZES[qtype][0]
 
 
 def fits(width: int, qtype: T) -> bool:
     """Whether rows of `width` values can be stored as `qtype`."""
     return width % row_block(qtype) == 0
+
+
+def ternary_type_for(width: int, qtype: T) -> T:
+    """The type a BitLinear weight with rows of `width` is written as in a `qtype` file: `qtype`
+    where it holds the rows; else (llama.cpp's TQ1_0/TQ2_0, blocks of 256) I2_S, which holds any
+    width -- still ternary and computed with int8 per-token activations, never f16."""
+    return qtype if fits(width, qtype) else quants.OURS["i2_s"].qtype
+
+
+def embedding_type(requested: str | None, width: int, preferred: str) -> tuple[T, str | None]:
+    """(type, note) of a token embedding / output head with rows of `width`. A requested type
+    must hold the rows (ValueError naming the ones that do); without one, `preferred`, or where
+    its blocks cannot hold the rows the first of q8_0, f16 that can, with a note saying so."""
+    if requested is not None:
+        t = EMBEDDING_TYPES[requested]
+        if not fits(width, t):
+            ok = ", ".join(n for n, q in EMBEDDING_TYPES.items() if fits(width, q))
+            raise ValueError(f"token embedding rows of {width} values are not a multiple of {requested}'s block of "
+                             f"{row_block(t)}: choose one of {ok}")
+        return t, None
+    t = EMBEDDING_TYPES[preferred]
+    if fits(width, t):
+        return t, None
+    alt = next(n for n in ("q8_0", "f16") if fits(width, EMBEDDING_TYPES[n]))
+    return EMBEDDING_TYPES[alt], (f"{preferred} cannot hold token embedding rows of {width} values "
+                                  f"(blocks of {row_block(t)}): writing it as {alt}")
 
 
 def tensor_nbytes(shape: tuple[int, ...], qtype: T) -> int:

@@ -121,14 +121,27 @@ def test_chat_as_a_person_would_in_a_terminal(tiny):
     assert child.exitstatus == 0
 
 
-def test_dummy_refuses_widths_its_type_cannot_hold(tmp_path):
-    """The 3B shape's FFN rows (8640) are no multiple of I2_S's 128: refused with one line before
-    any data is written, never a file that llama.cpp and `bitnet info` refuse to load."""
+def _info_rows(output: str) -> dict[str, list[str]]:
+    return {cells[1].strip(): [c.strip() for c in cells[2:-1]]
+            for cells in (line.split("│") for line in output.splitlines() if line.count("│") > 3)}
+
+
+def test_dummy_3b_i2_s_is_all_i2_s_at_two_bits(tmp_path):
+    """The 3B shape (FFN rows of 8640 = 67.5 groups of 128; embedding rows of 3200, no multiple of
+    Q6_K's 256) in I2_S: every BitLinear I2_S (ffn_down padded to 68 groups), no F16, about 2 bits
+    per weight; the default Q6_K embedding is replaced by Q8_0 and the CLI says so."""
     out = tmp_path / "d3b-i2_s.gguf"
-    r = runner.invoke(app, ["dummy", "--shape", "3b", "-q", "i2_s", "--embd-type", "f16", "-o", str(out)])
-    assert r.exit_code != 0 and "8640" in r.output and "tl2" in r.output, r.output
-    assert "Traceback" not in r.output
-    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+    r = runner.invoke(app, ["dummy", "--shape", "3b", "-q", "i2_s", "--layers", "1", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "q6_k cannot hold token embedding rows of 3200 values" in r.output and "q8_0" in r.output
+    r = runner.invoke(app, ["info", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = _info_rows(r.output)
+    assert {"I2_S", "Q8_0", "F32"} <= set(rows) and not {"F16", "BF16", "TL2", "TL1"} & set(rows), rows
+    assert rows["I2_S"][0] == "7" and 2.0 <= float(rows["I2_S"][3]) <= 2.0 * 1.01, rows["I2_S"]
+    # an explicit type that cannot hold the rows is a one-line error naming those that can
+    r = runner.invoke(app, ["dummy", "--shape", "3b", "--embd-type", "q6_k", "--layers", "1", "-o", str(tmp_path / "x.gguf")])
+    assert r.exit_code != 0 and "choose one of" in r.output and "q8_0" in r.output and "Traceback" not in r.output
 
 
 def test_setup_refuses_both_sources_before_building(monkeypatch, tmp_path):

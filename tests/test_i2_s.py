@@ -2,6 +2,7 @@
 built byte by byte from the published layout description loads and runs like our own output."""
 from __future__ import annotations
 
+import ctypes
 import struct
 from pathlib import Path
 
@@ -17,10 +18,24 @@ from conftest import run
 
 
 def _c_quantize_i2_s(lib, x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-    out = np.zeros(x.size // 4 + 32, dtype=np.uint8)
-    lib.quantize_row_i2_s_ref(x.ctypes.data, out.ctypes.data, x.size)
-    return out
+    """ggml's quantize_i2_s on a (rows, n) tensor (a 1-D one is one row)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    m, n = (x.shape[0], x.shape[1]) if x.ndim == 2 else (1, x.size)
+    out = np.full(i2_s.nbytes((m, n)) + 64, 0xAB, dtype=np.uint8)  # guard bytes after the tensor
+    lib.quantize_i2_s.restype = ctypes.c_size_t
+    lib.quantize_i2_s.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    assert lib.quantize_i2_s(x.ctypes.data, out.ctypes.data, m, n, None) == m * i2_s.row_bytes(n)
+    assert (out[-64:] == 0xAB).all(), "wrote past the tensor"
+    return out[:-64]
+
+
+def _c_dequantize_i2_s(lib, data: np.ndarray, shape) -> np.ndarray:
+    m, n = (shape[0], shape[1]) if len(shape) == 2 else (1, shape[0])
+    out = np.zeros(m * n, dtype=np.float32)
+    lib.dequantize_i2_s.restype = None
+    lib.dequantize_i2_s.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    lib.dequantize_i2_s(data.ctypes.data, out.ctypes.data, m, n)
+    return out.reshape(shape)
 
 
 def _cases(rng):
@@ -29,23 +44,36 @@ def _cases(rng):
     yield rng.integers(-1, 2, size=(16, 2560)).astype(np.float32) * np.float32(0.0123)  # already ternary
     yield np.zeros(256, dtype=np.float32)
     yield np.linspace(-1, 1, 1280, dtype=np.float32) ** 3                       # many near-ties
+    yield rng.standard_normal((7, 100)).astype(np.float32)                      # rows padded to one group
+    yield rng.standard_normal((3, 8640)).astype(np.float32)                     # 3B's FFN: 67.5 groups
+    yield rng.standard_normal(200).astype(np.float32)                           # one padded row
 
 
 def test_numpy_i2_s_is_bit_identical_to_c(ggml_base):
     rng = np.random.default_rng(1)
     for x in _cases(rng):
         mine = I2_S.quantize(x)
-        assert mine.tobytes() == _c_quantize_i2_s(ggml_base, x).tobytes()
-        back_c = np.zeros(x.size, dtype=np.float32)
-        ggml_base.dequantize_row_i2_s(mine.ctypes.data, back_c.ctypes.data, x.size)
-        assert I2_S.dequantize(mine).tobytes() == back_c.tobytes()
+        assert mine.tobytes() == _c_quantize_i2_s(ggml_base, x).tobytes(), x.shape
+        assert I2_S.dequantize_tensor(mine, x.shape).tobytes() == _c_dequantize_i2_s(ggml_base, mine, x.shape).tobytes()
 
 
 def test_already_ternary_weights_survive_exactly():
     rng = np.random.default_rng(2)
-    q = rng.integers(-1, 2, size=(8, 512)).astype(np.float32)
-    w = q * np.float32(0.0371)
-    assert np.array_equal(I2_S.dequantize(I2_S.quantize(w)).reshape(w.shape), w)
+    for shape in ((8, 512), (5, 8640), (3, 100)):
+        w = rng.integers(-1, 2, size=shape).astype(np.float32) * np.float32(0.0371)
+        assert np.array_equal(I2_S.dequantize_tensor(I2_S.quantize(w), shape), w)
+
+
+def test_padded_rows_are_whole_groups_of_zero_weights():
+    """A row of 8640 takes 68 groups (68 * 32 bytes); the 64 padding weights are code 1 (zero),
+    and each row starts on a group of its own."""
+    q = np.ones((2, 8640), dtype=np.int8)
+    data = i2_s.pack(q, 1.0)
+    assert data.size == 2 * 68 * 32 + 32
+    rows = data[:-32].reshape(2, 68, 32)
+    last = rows[:, 67]  # elements 8576..8639 (j = 0..63: codes 2) then padding (j = 64..127: codes 1)
+    assert (last == (2 << 6 | 2 << 4 | 1 << 2 | 1)).all()
+    assert (rows[:, :67] == 0xAA).all()
 
 
 def test_i2_s_layout_matches_the_description():
@@ -270,8 +298,8 @@ def test_llama_quantize_writes_what_our_numpy_writes(tools, tmp_path):
     for ta in a.tensors:
         tb = next(t for t in b.tensors if t.name == ta.name)
         if tb.tensor_type == T.I2_S:
-            raw = np.memmap(dst, dtype=np.uint8, mode="r", offset=tb.data_offset, shape=(i2_s.nbytes(int(tb.n_elements)),))
-            assert raw.tobytes() == I2_S.quantize(np.asarray(ta.data, dtype=np.float32)).tobytes(), ta.name
+            assert tb.n_bytes == i2_s.nbytes(tuple(int(d) for d in tb.shape[::-1]))
+            assert np.asarray(tb.data).tobytes() == I2_S.quantize(np.asarray(ta.data, dtype=np.float32)).tobytes(), ta.name
             n += 1
     assert n == 7 * dummy.SHAPES["tiny"].n_layer
     from bitnet_tools import load

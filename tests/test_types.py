@@ -12,7 +12,7 @@ from gguf.constants import GGMLQuantizationType as T
 from bitnet_tools import dummy, engine, quants
 from bitnet_tools.writer import tensor_nbytes
 
-SHAPES = [(1, 128), (16, 256), (17, 384), (40, 2560), (872, 640), (3, 8192)]
+SHAPES = [(1, 128), (16, 256), (17, 384), (40, 2560), (872, 640), (3, 8192), (7, 100), (5, 8640), (33, 1728)]
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,10 @@
 transformers configs, random weights packed the way each family packs them, local tokenizers.
 
 Shapes are chosen to hit the awkward cases: row widths of 384 (not a multiple of 256: TQ types
-fall back to f16) and 704 (not a multiple of 128: even I2_S falls back), GQA, vocab sizes that
-are not multiples of 32, untied and tied output heads, sharded safetensors.
+cannot hold it), 704 and 1728 (not multiples of 128: I2_S pads them), GQA, vocab sizes that are
+not multiples of 32, untied and tied output heads, sharded safetensors. `1bitllm-3b` has
+bitnet_b1_58-3B's awkward widths at a small scale: hidden 640 (2.5 blocks of 256), FFN 1728
+(13.5 groups of 128).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
 SHAPES = {
     #            n_embd n_ff n_layer n_head n_kv vocab
     "1bitllm": (384, 768, 2, 6, 6, 1001),
+    "1bitllm-3b": (640, 1728, 2, 10, 10, 1000),
     "2b4t": (384, 1024, 2, 6, 2, 997),
     "2b4t-bf16": (384, 1024, 2, 6, 2, 997),
     "llama": (256, 704, 2, 4, 2, 1003),
@@ -111,7 +114,7 @@ def build(family: str, out: Path, seed: int = 0) -> Path:
     e, f, n_layer, n_head, n_kv, n_vocab = SHAPES[family]
     hd = e // n_head
     g = torch.Generator().manual_seed(seed)
-    if family == "1bitllm":
+    if family.startswith("1bitllm"):
         cfg = {"architectures": ["BitnetForCausalLM"], "model_type": "llama", "hidden_size": e,
                "intermediate_size": f, "num_hidden_layers": n_layer, "num_attention_heads": n_head,
                "num_key_value_heads": n_kv, "vocab_size": n_vocab, "hidden_act": "silu",
@@ -139,6 +142,7 @@ def build(family: str, out: Path, seed: int = 0) -> Path:
         c.save_pretrained(str(out))
 
     sub = {"1bitllm": ("self_attn.inner_attn_ln", "mlp.ffn_layernorm"),
+           "1bitllm-3b": ("self_attn.inner_attn_ln", "mlp.ffn_layernorm"),
            "2b4t": ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm"),
            "2b4t-bf16": ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm"), "llama": ()}[family]
     t: dict[str, torch.Tensor] = {}
@@ -155,7 +159,7 @@ def build(family: str, out: Path, seed: int = 0) -> Path:
             t[p + sub[1] + ".weight"] = _norm(g, f)
         for leaf in LINEARS:
             rows, cols = shapes[leaf]
-            if family in ("1bitllm", "2b4t-bf16"):   # latent full-precision weights
+            if family in ("1bitllm", "1bitllm-3b", "2b4t-bf16"):   # latent full-precision weights
                 t[p + leaf + ".weight"] = (torch.randn(rows, cols, generator=g) / cols ** 0.5).to(torch.bfloat16)
             else:
                 q = torch.randint(-1, 2, (rows, cols), generator=g, dtype=torch.int8)
@@ -174,7 +178,7 @@ def build(family: str, out: Path, seed: int = 0) -> Path:
     (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
         k: ("model-00001-of-00002.safetensors" if i < half else "model-00002-of-00002.safetensors")
         for i, k in enumerate(names)}}))
-    if family == "1bitllm":
+    if family.startswith("1bitllm"):
         spm_tokenizer(out)
     else:
         bpe_tokenizer(out, vocab_size=n_vocab - 40)

@@ -13,10 +13,11 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 from ..gguf_adapter import add_enum_member, size_tensors_by
 
 # id, (block size, bytes per block) -- must agree with patches/ (ggml.h, ggml.c) and docs/types.md
-# TL1/TL2 interleave rows in tiles, so no (block, bytes) pair gives their size: quants.tl does,
-# and the entry says 0 bytes so that gguf-py's own size arithmetic never reads past a tensor
+# One scale per tensor after the codes, I2_S rows padded to whole groups, TL1/TL2 rows interleaved
+# in tiles: no (block, bytes) pair gives their size, the numpy classes do. The entries say 0 bytes
+# so that gguf-py's own size arithmetic never reads past a tensor.
 TYPES = {
-    "I2_S": (36, (128, 32)),
+    "I2_S": (36, (1, 0)),
     "TL1": (64, (1, 0)),
     "TL2": (65, (1, 0)),
 }
@@ -44,7 +45,6 @@ class Ternary:
     name: str               # the name users type (-q, --outtype)
     quant: type             # numpy class, bit-identical to the C reference
     file_type: int          # llama ftype of a file whose ternary weights are of this type
-    row_multiple: int       # row widths must be a multiple of this (TL rows are zero-padded: 1)
     kernels: tuple          # SIMD kernels beside the scalar reference: "avx512", "avx2", "neon"
 
     @property
@@ -58,14 +58,14 @@ class Ternary:
 
 # the registry: writer, convert, dummy, bench, doctor and the tests read it
 OURS = {t.name: t for t in (
-    Ternary("i2_s", I2_S, FILE_TYPES["MOSTLY_I2_S"], i2_s.QK, ("avx512", "avx2", "neon")),
-    Ternary("tl1", TL1, FILE_TYPES["MOSTLY_TL1"], 1, ("avx512", "neon")),
-    Ternary("tl2", TL2, FILE_TYPES["MOSTLY_TL2"], 1, ("avx512", "avx2")),
+    Ternary("i2_s", I2_S, FILE_TYPES["MOSTLY_I2_S"], ("avx512", "avx2", "neon")),
+    Ternary("tl1", TL1, FILE_TYPES["MOSTLY_TL1"], ("avx512", "neon")),
+    Ternary("tl2", TL2, FILE_TYPES["MOSTLY_TL2"], ("avx512", "avx2")),
 )}
 BY_QTYPE = {t.qtype: t for t in OURS.values()}
 
 
-# GGUFReader sizes tensors from blocks; TL1/TL2 tiles span rows, so it is told their real sizes
-size_tensors_by({t.qtype: t.nbytes for t in (OURS["tl1"], OURS["tl2"])})
+# GGUFReader sizes tensors from blocks: it is told the real sizes of ours
+size_tensors_by({t.qtype: t.nbytes for t in OURS.values()})
 
 __all__ = ["I2_S", "TL1", "TL2", "OURS", "BY_QTYPE", "Ternary", "register", "TYPES"]

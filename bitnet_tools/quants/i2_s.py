@@ -1,12 +1,14 @@
 """I2_S: 2-bit ternary codes in bitnet.cpp's x86 layout with one float32 scale per tensor.
 
-Layout (see patches/files/ggml/src/ggml-bitnet.h): groups of 128 elements, 32 bytes each;
-element j of a group sits in byte j % 32 at bit shift 6 - 2 * (j // 32); codes 0/1/2 mean
--1/0/+1; after the n/4 code bytes, a 32-byte tail holding the float32 scale.
+Layout (see patches/files/ggml/src/ggml-bitnet.h): each row is cut into groups of 128 elements,
+32 bytes each; element j of a group sits in byte j % 32 at bit shift 6 - 2 * (j // 32); codes
+0/1/2 mean -1/0/+1; after the code bytes, a 32-byte tail holding the float32 scale. A row whose
+width is not a multiple of 128 is padded with zero weights to whole groups (our extension; for
+multiples of 128, the layout of bitnet.cpp's files, nothing changes).
 
-Mirrors quantize_row_i2_s_ref / dequantize_row_i2_s in ggml-bitnet.c bit for bit: sums are
-sequential in float64 (np.cumsum, like the C loop), the division x / s is float32, rounding is
-half-to-even (np.rint, like nearbyintf).
+Mirrors quantize_i2_s / dequantize_i2_s in ggml-bitnet.c bit for bit: sums are sequential in
+float64 (np.cumsum, like the C loop), the division x / s is float32, rounding is half-to-even
+(np.rint, like nearbyintf).
 """
 from __future__ import annotations
 
@@ -16,14 +18,25 @@ from gguf.constants import GGMLQuantizationType
 from ..gguf_adapter import Quant as _Quant
 
 QK = 128          # elements per group
+GROUP_B = 32      # bytes per group
 TAIL = 32         # bytes after the codes
 _SHIFTS = np.array([6, 4, 2, 0], dtype=np.uint8).reshape(1, 4, 1)
 
 
+def row_bytes(n: int) -> int:
+    """Bytes of one row of n weights: whole groups, the last one zero-padded."""
+    return -(-n // QK) * GROUP_B
 
-def nbytes(n_elements: int) -> int:
-    """Bytes of an I2_S tensor of n elements (codes + tail), as ggml_nbytes computes it."""
-    return n_elements // 4 + TAIL
+
+def _rows(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(rows, width) of a tensor in numpy order; a 1-D tensor is one row."""
+    return int(np.prod(shape[:-1])) if len(shape) > 1 else 1, int(shape[-1])
+
+
+def nbytes(shape: tuple[int, ...]) -> int:
+    """Bytes of an I2_S tensor (codes + tail), as ggml_nbytes computes them."""
+    m, n = _rows(shape)
+    return m * row_bytes(n) + TAIL
 
 
 def _sequential_sum(values: np.ndarray) -> float:
@@ -46,8 +59,14 @@ def ternarize(x: np.ndarray) -> tuple[np.ndarray, np.float32]:
 
 
 def pack_codes(q: np.ndarray) -> np.ndarray:
-    """Codes in {-1, 0, 1} (size a multiple of 128) -> the code bytes (no tail)."""
-    c = (q.reshape(-1, 4, 32).astype(np.int8) + 1).astype(np.uint8) << _SHIFTS
+    """Codes in {-1, 0, 1}, (rows, n) or one row -> the code bytes (no tail). Rows are
+    independent, so a tensor may be packed in slices of rows and the bytes concatenated."""
+    q = np.asarray(q, dtype=np.int8)
+    q = q.reshape(_rows(q.shape))
+    pad = -q.shape[1] % QK
+    if pad:
+        q = np.pad(q, ((0, 0), (0, pad)))
+    c = (q.reshape(-1, 4, 32) + 1).astype(np.uint8) << _SHIFTS
     return (c[:, 0] | c[:, 1] | c[:, 2] | c[:, 3]).reshape(-1)
 
 
@@ -63,13 +82,14 @@ def pack(q: np.ndarray, scale: float) -> np.ndarray:
     return np.concatenate([pack_codes(q), tail(scale)])
 
 
-def unpack(data: np.ndarray, n_elements: int) -> tuple[np.ndarray, np.float32]:
-    """I2_S bytes -> (codes in {-1, 0, 1} as int8, scale)."""
+def unpack(data: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.float32]:
+    """I2_S bytes of a tensor of this shape -> (codes in {-1, 0, 1} as int8, same shape; scale)."""
+    m, n = _rows(shape)
     data = np.asarray(data, dtype=np.uint8).reshape(-1)
-    codes = data[: n_elements // 4].reshape(-1, 1, 32)
-    q = ((codes >> _SHIFTS) & 3).astype(np.int8).reshape(-1) - np.int8(1)
-    scale = data[n_elements // 4: n_elements // 4 + 4].view(np.float32)[0]
-    return q, scale
+    codes = data[: m * row_bytes(n)].reshape(-1, 1, 32)
+    q = ((codes >> _SHIFTS) & 3).astype(np.int8).reshape(m, -1)[:, :n] - np.int8(1)
+    scale = data[m * row_bytes(n): m * row_bytes(n) + 4].view(np.float32)[0]
+    return q.reshape(shape), scale
 
 
 class I2_S(_Quant, qtype=GGMLQuantizationType.I2_S):
@@ -79,20 +99,22 @@ class I2_S(_Quant, qtype=GGMLQuantizationType.I2_S):
 
     @classmethod
     def nbytes(cls, shape: tuple[int, ...]) -> int:
-        return nbytes(int(np.prod(shape)))
+        return nbytes(tuple(shape))
 
     @classmethod
     def quantize(cls, data: np.ndarray) -> np.ndarray:
-        if data.shape[-1] % QK != 0:
-            raise ValueError(f"I2_S needs rows that are a multiple of {QK} wide, got {data.shape[-1]}")
+        data = np.asarray(data, dtype=np.float32)
         q, scale = ternarize(data)
-        return pack(q, scale)
+        return pack(q.reshape(_rows(data.shape)), scale)
 
     @classmethod
-    def dequantize(cls, data: np.ndarray, n_elements: int | None = None) -> np.ndarray:
-        n = (data.size - TAIL) * 4 if n_elements is None else n_elements
-        q, scale = unpack(data, n)
+    def dequantize_tensor(cls, data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        q, scale = unpack(data, tuple(shape))
         return q.astype(np.float32) * scale
+
+    @classmethod
+    def dequantize(cls, data: np.ndarray) -> np.ndarray:
+        raise NotImplementedError("I2_S rows are padded to whole groups: use dequantize_tensor(data, shape)")
 
     @classmethod
     def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
@@ -100,4 +122,4 @@ class I2_S(_Quant, qtype=GGMLQuantizationType.I2_S):
 
     @classmethod
     def dequantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-        raise NotImplementedError("I2_S has one scale per tensor: use I2_S.dequantize on the whole tensor")
+        raise NotImplementedError("I2_S has one scale per tensor: use I2_S.dequantize_tensor")

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <assert.h>
 
+// byte and bit shift of element i of a row whose groups start at byte 0
 static inline int i2_s_index(int64_t i, int * shift) {
     const int64_t g = i / QK_I2_S;
     const int     j = (int)(i % QK_I2_S);
@@ -17,11 +18,18 @@ static inline int i2_s_index(int64_t i, int * shift) {
     return (int)(g*I2_S_GROUP_B + (j % 32));
 }
 
-void quantize_row_i2_s_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, int64_t k) {
-    assert(k % QK_I2_S == 0);
-    uint8_t * y = (uint8_t *) vy;
+size_t ggml_i2_s_row_bytes(int64_t n_per_row) {
+    return (size_t)((n_per_row + QK_I2_S - 1) / QK_I2_S) * I2_S_GROUP_B;
+}
 
-    // absmean threshold, as BitNet b1.58 ternarizes its latent weights
+size_t quantize_i2_s(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, int64_t nrows, int64_t n_per_row, const float * imatrix) {
+    (void) imatrix;
+    uint8_t * y = (uint8_t *) vy;
+    const int64_t k      = nrows*n_per_row;
+    const size_t  row_b  = ggml_i2_s_row_bytes(n_per_row);
+    const int64_t padded = (int64_t) row_b*4;
+
+    // absmean threshold over the tensor's weights (not the padding), as BitNet b1.58 ternarizes
     double sum_abs = 0.0;
     for (int64_t i = 0; i < k; ++i) {
         sum_abs += fabs((double) x[i]);
@@ -32,50 +40,58 @@ void quantize_row_i2_s_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT v
     // for weights that are already ternary (q * s) this is exactly s.
     double sum_nz = 0.0;
     int64_t n_nz  = 0;
-    memset(y, 0, (size_t)(k/4));
-    for (int64_t i = 0; i < k; ++i) {
-        int q = 0;
-        if (s > 0.0f) {
-            const float v = nearbyintf(x[i] / s);
-            q = v > 1.0f ? 1 : v < -1.0f ? -1 : (int) v;
+    memset(y, 0, (size_t) nrows*row_b);
+    for (int64_t r = 0; r < nrows; ++r) {
+        uint8_t * yr = y + r*row_b;
+        for (int64_t i = 0; i < padded; ++i) {
+            int q = 0;  // padding weights are 0
+            if (i < n_per_row && s > 0.0f) {
+                const float v = nearbyintf(x[r*n_per_row + i] / s);
+                q = v > 1.0f ? 1 : v < -1.0f ? -1 : (int) v;
+            }
+            if (q != 0) {
+                sum_nz += fabs((double) x[r*n_per_row + i]);
+                n_nz++;
+            }
+            int shift;
+            const int b = i2_s_index(i, &shift);
+            yr[b] |= (uint8_t)((q + 1) << shift);
         }
-        if (q != 0) {
-            sum_nz += fabs((double) x[i]);
-            n_nz++;
-        }
-        int shift;
-        const int b = i2_s_index(i, &shift);
-        y[b] |= (uint8_t)((q + 1) << shift);
     }
     const float scale = n_nz > 0 ? (float)(sum_nz / (double) n_nz) : 0.0f;
 
     uint8_t tail[I2_S_TAIL] = {0};
     memcpy(tail, &scale, sizeof(float));
-    memcpy(y + k/4, tail, I2_S_TAIL);
+    memcpy(y + nrows*row_b, tail, I2_S_TAIL);
+    return (size_t) nrows*row_b;
 }
 
-float ggml_i2_s_scale(const void * data, int64_t n) {
+float ggml_i2_s_scale(const void * data, int64_t n_per_row, int64_t nrows) {
     float scale;
-    memcpy(&scale, (const uint8_t *) data + n/4, sizeof(float));
+    memcpy(&scale, (const uint8_t *) data + nrows*ggml_i2_s_row_bytes(n_per_row), sizeof(float));
     return scale;
 }
 
-void dequantize_row_i2_s(const void * GGML_RESTRICT vx, float * GGML_RESTRICT y, int64_t k) {
-    assert(k % QK_I2_S == 0);
-    const uint8_t * x = (const uint8_t *) vx;
-    const float scale = ggml_i2_s_scale(vx, k);
-    for (int64_t i = 0; i < k; ++i) {
-        int shift;
-        const int b = i2_s_index(i, &shift);
-        const int q = ((x[b] >> shift) & 3) - 1;
-        y[i] = (float) q * scale;
+void dequantize_i2_s(const void * GGML_RESTRICT vx, float * GGML_RESTRICT y, int64_t nrows, int64_t n_per_row) {
+    const uint8_t * x     = (const uint8_t *) vx;
+    const size_t    row_b = ggml_i2_s_row_bytes(n_per_row);
+    const float     scale = ggml_i2_s_scale(vx, n_per_row, nrows);
+    for (int64_t r = 0; r < nrows; ++r) {
+        for (int64_t i = 0; i < n_per_row; ++i) {
+            int shift;
+            const int b = i2_s_index(i, &shift);
+            const int q = ((x[r*row_b + b] >> shift) & 3) - 1;
+            y[r*n_per_row + i] = (float) q * scale;
+        }
     }
 }
 
-size_t quantize_i2_s(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row, const float * imatrix) {
-    (void) imatrix;
-    quantize_row_i2_s_ref(src, dst, nrows*n_per_row);
-    return (size_t)(nrows*n_per_row/4);  // codes only: ggml_quantize_chunk checks rows * row_size
+void quantize_row_i2_s_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
+    quantize_i2_s(x, y, 1, k, NULL);
+}
+
+void dequantize_row_i2_s(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {
+    dequantize_i2_s(x, y, 1, k);
 }
 
 void quantize_row_i8_s_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, int64_t k) {
@@ -134,7 +150,7 @@ bool ggml_is_ternary_whole(enum ggml_type type) {
 
 size_t ggml_ternary_nbytes(enum ggml_type type, int64_t n_per_row, int64_t nrows) {
     switch (type) {
-        case GGML_TYPE_I2_S: return (size_t)(n_per_row*nrows)/4 + I2_S_TAIL;
+        case GGML_TYPE_I2_S: return (size_t) nrows*ggml_i2_s_row_bytes(n_per_row) + I2_S_TAIL;
         case GGML_TYPE_TL1:
         case GGML_TYPE_TL2:  return ggml_tl_nbytes(type, n_per_row, nrows) + I2_S_TAIL;
         default:             return 0;

@@ -2,12 +2,17 @@
 //
 // I2_S is the x86 layout of Microsoft's bitnet.cpp, kept byte for byte so that published
 // ggml-model-i2_s.gguf files load unchanged:
-//   - the tensor is cut into groups of 128 consecutive elements (rows are multiples of 128,
-//     so a group never crosses a row); group g owns bytes 32g .. 32g+31;
+//   - each row is cut into groups of 128 consecutive elements; group g of the tensor (rows
+//     one after the other) owns bytes 32g .. 32g+31;
 //   - element j of a group lives in byte 32g + (j % 32) at bit shift 6 - 2*(j / 32);
 //   - codes 0, 1, 2 mean -1, 0, +1;
-//   - after the n/4 code bytes comes ONE float32 scale for the whole tensor, padded to a
-//     32-byte tail (ggml_nbytes adds it). Rows therefore hold codes only.
+//   - after the code bytes comes ONE float32 scale for the whole tensor, padded to a 32-byte
+//     tail (ggml_nbytes adds it). Rows therefore hold codes only.
+// bitnet-tools extension: a row whose width is not a multiple of 128 (bitnet_b1_58-3B's 8640)
+// is padded with zero weights (code 1) to whole groups, so it takes ggml_i2_s_row_bytes(n)
+// bytes. Widths that are multiples of 128 -- every published bitnet.cpp file -- are unchanged.
+// Like TL1/TL2, ggml's row size for I2_S is therefore nominal (1 byte per weight) and the real
+// sizes come from ggml_ternary_nbytes / ggml_i2_s_row_bytes.
 //
 // TL1 and TL2 are lookup-table types (docs/tl.md): rows are cut into groups of g weights
 // (TL1: g = 2, a 4-bit code 3*(t0+1) + (t1+1); TL2: g = 3, a 5-bit code 9*(t0+1) + 3*(t1+1) + (t2+1)),
@@ -48,13 +53,17 @@ typedef struct {
 } block_i2_s;
 static_assert(sizeof(block_i2_s) == QK_I2_S/4, "wrong i2_s block size");
 
-// I2_S: quantize k floats (one whole tensor, or a whole test vector) to codes + tail scale.
+// I2_S: bytes of one row of n weights (whole groups of 128, the last one zero-padded)
+GGML_API size_t ggml_i2_s_row_bytes(int64_t n_per_row);
+// ggml_quantize_chunk entry: the rows given are treated as the whole tensor (scale written after
+// them); returns the bytes of the codes
+GGML_API size_t quantize_i2_s(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
+GGML_API void   dequantize_i2_s(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t nrows, int64_t n_per_row);
+// one row of k values taken as a whole 1-row tensor (ggml's from_float / to_float signature)
 GGML_API void   quantize_row_i2_s_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
 GGML_API void   dequantize_row_i2_s(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
-// ggml_quantize_chunk entry: the rows given are treated as the whole tensor (scale written after them).
-GGML_API size_t quantize_i2_s(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
-// the per-tensor scale stored after the codes of a tensor of n elements
-GGML_API float  ggml_i2_s_scale(const void * data, int64_t n);
+// the per-tensor scale stored after the codes of an nrows x n_per_row tensor
+GGML_API float  ggml_i2_s_scale(const void * data, int64_t n_per_row, int64_t nrows);
 
 // TL1 / TL2 (type is GGML_TYPE_TL1 or GGML_TYPE_TL2)
 #define TL_TILE_ROWS   16  // rows per tile

@@ -8,6 +8,7 @@
 #include "bitnet.h"
 
 #include <assert.h>
+#include <math.h>
 #include <string.h>
 
 #if defined(__GNUC__)
@@ -29,6 +30,15 @@ static inline int32_t bitnet_row_sum(const int8_t * q, int n) {
     int32_t s;
     memcpy(&s, q + n + sizeof(float), sizeof(int32_t));
     return s;
+}
+
+// The SIMD quantizers' scalar step between their two passes: fold x[i..k) into the running
+// max |x| (a NaN is ignored, as fmaxf does) and return the reference's 127 / fmaxf(amax, 1e-5f).
+static inline float bitnet_i8_s_iscale(const float * x, int64_t i, int64_t k, float amax) {
+    for (; i < k; ++i) {
+        amax = fmaxf(amax, fabsf(x[i]));
+    }
+    return 127.0f / fmaxf(amax, 1e-5f);
 }
 
 // ---------------------------------------------------------------- I2_S tiles

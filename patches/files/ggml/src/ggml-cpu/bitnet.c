@@ -39,16 +39,16 @@ static float i8_s_row_d(const void * row, int n) {
 }
 
 void ggml_vec_dot_i2_s_i8_s_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {
-    assert(nrc == 1);
+    assert(nrc == 1 && n % QK_I2_S == 0);
     GGML_UNUSED(bs); GGML_UNUSED(bx); GGML_UNUSED(by); GGML_UNUSED(nrc);
     const int32_t isum = dot_i2_s_i8_s_scalar(n, (const uint8_t *) vx, (const int8_t *) vy);
-    *s = (float) isum * i8_s_row_d(vy, n) * ggml_i2_s_scale(vx, n);
+    *s = (float) isum * i8_s_row_d(vy, n) * ggml_i2_s_scale(vx, n, 1);
 }
 
 void ggml_vec_dot_i2_s_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {
-    assert(nrc == 1);
+    assert(nrc == 1 && n % QK_I2_S == 0);
     GGML_UNUSED(bs); GGML_UNUSED(bx); GGML_UNUSED(by); GGML_UNUSED(nrc);
-    ggml_gemm_i2_s_i8_s(n, s, 0, vx, 0, vy, 0, 1, 1, ggml_i2_s_scale(vx, n));
+    ggml_gemm_i2_s_i8_s(n, s, 0, vx, 0, vy, 0, 1, 1, ggml_i2_s_scale(vx, n, 1));
 }
 
 void ggml_gemm_i2_s_i8_s_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
@@ -189,10 +189,26 @@ static size_t scratch_bytes(const struct ggml_tensor * src0) {
     return is_tl(src0->type) ? GGML_PAD(ggml_tl_scratch_bytes(src0->type, (int) src0->ne[0]), 64) : 0;
 }
 
+// Length of the I8_S activation rows the kernels read: I2_S rows hold whole groups of 128
+// (the last one padded with zero weights), so the activations are padded with zeros to match.
+static int64_t i8_s_len(const struct ggml_tensor * src0) {
+    return src0->type == GGML_TYPE_I2_S ? GGML_PAD(src0->ne[0], QK_I2_S) : src0->ne[0];
+}
+
+// src1 row x (k values) -> I8_S row of nq >= k values, zeros after the k quantized ones
+static void quantize_padded(void (*quantize)(const float * GGML_RESTRICT, void * GGML_RESTRICT, int64_t),
+                            const float * x, int8_t * y, int64_t k, int64_t nq) {
+    quantize(x, y, k);
+    if (nq > k) {
+        memmove(y + nq, y + k, I8_S_ROW_EXTRA);  // d and sum(q) follow the padded row
+        memset(y + k, 0, (size_t)(nq - k));
+    }
+}
+
 size_t ggml_bitnet_mul_mat_wsize(const struct ggml_tensor * dst, int n_threads) {
     const struct ggml_tensor * src0 = dst->src[0];
     const struct ggml_tensor * src1 = dst->src[1];
-    return i8_s_row_stride(src1->ne[0]) * (size_t) ggml_nrows(src1) + scratch_bytes(src0) * (size_t) n_threads + 64;
+    return i8_s_row_stride(i8_s_len(src0)) * (size_t) ggml_nrows(src1) + scratch_bytes(src0) * (size_t) n_threads + 64;
 }
 
 // Weight rows per task: a multiple of the kernels' row tile, so that tiles stay whole.
@@ -200,29 +216,34 @@ size_t ggml_bitnet_mul_mat_wsize(const struct ggml_tensor * dst, int n_threads) 
 // Longest activation row quantized into a per-thread stack buffer when there is one row.
 #define BITNET_GEMV_MAXK 16384
 
-// the weights of rows ir0.. of a 2-D slice starting at x0
-static const char * weight_rows(const struct ggml_tensor * src0, const char * x0, int64_t ir0) {
+// The weights of rows ir0.. of 2-D slice (i02, i03). ggml's strides of these types are nominal
+// (1 byte per weight): the real offsets come from the layouts. TL tiles span the whole 2-D
+// tensor, which is the only slice.
+static const char * weight_rows(const struct ggml_tensor * src0, int64_t i02, int64_t i03, int64_t ir0) {
     if (is_tl(src0->type)) {
-        return x0 + (size_t)(ir0 / TL_TILE_ROWS) * (size_t) ggml_tl_chunks(src0->type, src0->ne[0])
-                  * ggml_tl_chunk_bytes(src0->type, TL_TILE_ROWS);
+        return (const char *) src0->data + (size_t)(ir0 / TL_TILE_ROWS) * (size_t) ggml_tl_chunks(src0->type, src0->ne[0])
+                                         * ggml_tl_chunk_bytes(src0->type, TL_TILE_ROWS);
     }
-    return x0 + ir0*src0->nb[1];
+    const int64_t row = (i03*src0->ne[2] + i02)*src0->ne[1] + ir0;
+    return (const char *) src0->data + (size_t) row*ggml_i2_s_row_bytes(src0->ne[0]);
 }
 
 static float weight_scale(const struct ggml_tensor * src0) {
     if (is_tl(src0->type)) {
         return ggml_tl_scale(src0->type, src0->data, src0->ne[0], src0->ne[1]);
     }
-    return ggml_i2_s_scale(src0->data, ggml_nelements(src0));
+    return ggml_i2_s_scale(src0->data, src0->ne[0], ggml_nrows(src0));
 }
 
 static void bitnet_gemm(const struct ggml_compute_params * params, const struct ggml_tensor * src0, float * s, size_t bs,
                         const char * x, int nr, const void * y, size_t by, int nc, float wscale, void * scratch) {
-    const int n = (int) src0->ne[0];
     if (is_tl(src0->type)) {
+        const int n = (int) src0->ne[0];
         (params->use_ref ? ggml_gemm_tl_i8_s_generic : ggml_gemm_tl_i8_s)(src0->type, n, s, bs, x, nr, y, by, nc, wscale, scratch);
     } else {
-        (params->use_ref ? ggml_gemm_i2_s_i8_s_generic : ggml_gemm_i2_s_i8_s)(n, s, bs, x, src0->nb[1], y, by, nr, nc, wscale);
+        const int n = (int) i8_s_len(src0);  // the padded row: zero weights against zero activations
+        (params->use_ref ? ggml_gemm_i2_s_i8_s_generic : ggml_gemm_i2_s_i8_s)(n, s, bs, x, ggml_i2_s_row_bytes(src0->ne[0]),
+                                                                              y, by, nr, nc, wscale);
     }
 }
 
@@ -234,16 +255,17 @@ void ggml_bitnet_mul_mat(const struct ggml_compute_params * params, struct ggml_
 
     GGML_ASSERT(ggml_bitnet_is_ternary(src0->type));
     GGML_ASSERT(src1->type == GGML_TYPE_F32);
-    GGML_ASSERT(src0->type != GGML_TYPE_I2_S || ne00 % QK_I2_S == 0);
+    GGML_ASSERT(ggml_is_contiguous(src0));  // real offsets are computed from the layout
     GGML_ASSERT(!is_tl(src0->type) || (ne02 == 1 && ne03 == 1));  // tiles span the whole 2-D tensor
-    GGML_ASSERT(nb00 == ggml_type_size(src0->type) && nb10 == sizeof(float));
+    GGML_ASSERT(nb10 == sizeof(float));
     GGML_ASSERT(nb0 == sizeof(float));
     GGML_ASSERT(ne0 == ne01 && ne1 == ne11 && ne2 == ne12 && ne3 == ne13);
 
     const int ith = params->ith;
     const int nth = params->nth;
 
-    const size_t   stride = i8_s_row_stride(ne10);
+    const int64_t  nq     = i8_s_len(src0);
+    const size_t   stride = i8_s_row_stride(nq);
     char * const   wdata  = (char *) GGML_PAD((uintptr_t) params->wdata, 64);
     GGML_ASSERT(params->wsize >= ggml_bitnet_mul_mat_wsize(dst, nth));
 
@@ -256,15 +278,15 @@ void ggml_bitnet_mul_mat(const struct ggml_compute_params * params, struct ggml_
     const int64_t ir0 = rows_per_th * ith;
     const int64_t ir1 = MIN(ir0 + rows_per_th, ne01);
 
-    if (nrows1 == 1 && ne02 == 1 && ne03 == 1 && ne10 <= BITNET_GEMV_MAXK) {
+    if (nrows1 == 1 && ne02 == 1 && ne03 == 1 && nq <= BITNET_GEMV_MAXK) {
         // one activation row (token generation): each thread quantizes it into its own buffer,
         // which is cheap next to its slice of the weights and saves a barrier
         if (ir0 >= ir1) {
             return;
         }
         int64_t ybuf[(BITNET_GEMV_MAXK + 64) / sizeof(int64_t)];
-        quantize((const float *) src1->data, ybuf, ne10);
-        bitnet_gemm(params, src0, (float *) dst->data + ir0, nb1/sizeof(float), weight_rows(src0, src0->data, ir0),
+        quantize_padded(quantize, (const float *) src1->data, (int8_t *) ybuf, ne10, nq);
+        bitnet_gemm(params, src0, (float *) dst->data + ir0, nb1/sizeof(float), weight_rows(src0, 0, 0, ir0),
                     (int)(ir1 - ir0), ybuf, 0, 1, weight_scale(src0), scratch);
         return;
     }
@@ -275,7 +297,7 @@ void ggml_bitnet_mul_mat(const struct ggml_compute_params * params, struct ggml_
         const int64_t i12 = (r / ne11) % ne12;
         const int64_t i11 = r % ne11;
         const float * x = (const float *) ((const char *) src1->data + i11*nb11 + i12*nb12 + i13*nb13);
-        quantize(x, wdata + r*stride, ne10);
+        quantize_padded(quantize, x, (int8_t *) (wdata + r*stride), ne10, nq);
     }
     ggml_barrier(params->threadpool);
 
@@ -290,7 +312,7 @@ void ggml_bitnet_mul_mat(const struct ggml_compute_params * params, struct ggml_
 
     for (int64_t i13 = 0; i13 < ne13; ++i13) {
         for (int64_t i12 = 0; i12 < ne12; ++i12) {
-            const char * x = weight_rows(src0, (const char *) src0->data + (i12/r2)*nb02 + (i13/r3)*nb03, ir0);
+            const char * x = weight_rows(src0, i12/r2, i13/r3, ir0);
             const char * y = wdata + (i13*ne12*ne11 + i12*ne11)*stride;
             float      * s = (float *) ((char *) dst->data + i12*nb2 + i13*nb3) + ir0;
             bitnet_gemm(params, src0, s, nb1/sizeof(float), x, (int)(ir1 - ir0), y, stride, (int) ne11, wscale, scratch);

@@ -48,11 +48,7 @@ void quantize_row_i8_s(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, i
         m2 = vmaxnmq_f32(m2, vabsq_f32(vld1q_f32(x + i + 8)));
         m3 = vmaxnmq_f32(m3, vabsq_f32(vld1q_f32(x + i + 12)));
     }
-    float amax = vmaxnmvq_f32(vmaxnmq_f32(vmaxnmq_f32(m0, m1), vmaxnmq_f32(m2, m3)));
-    for (; i < k; ++i) {
-        amax = fmaxf(amax, fabsf(x[i]));
-    }
-    const float       iscale = 127.0f / fmaxf(amax, 1e-5f);
+    const float       iscale = bitnet_i8_s_iscale(x, i, k, vmaxnmvq_f32(vmaxnmq_f32(vmaxnmq_f32(m0, m1), vmaxnmq_f32(m2, m3))));
     const float32x4_t vs     = vdupq_n_f32(iscale);
     int32x4_t vsum = vdupq_n_s32(0);
     for (i = 0; i + 16 <= k; i += 16) {

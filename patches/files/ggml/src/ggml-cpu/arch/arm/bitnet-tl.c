@@ -27,23 +27,12 @@
 
 #if defined(BITNET_NEON)
 
-// acc lane k += bytes 4k .. 4k+3 of v (unsigned / signed): one row's 4 groups in the TL kernels
-BITNET_INLINE uint32x4_t bitnet_sum4_u8(uint32x4_t acc, uint8x16_t v) {
+// acc lane k += bytes 4k .. 4k+3 of v, unsigned (S = u) or signed (S = s): one row's 4 groups
 #if defined(__ARM_FEATURE_DOTPROD)
-    return vdotq_u32(acc, v, vdupq_n_u8(1));
+#define BITNET_SUM4(S, acc, v) vdotq_##S##32(acc, v, vdupq_n_##S##8(1))
 #else
-    return vpadalq_u16(acc, vpaddlq_u8(v));
+#define BITNET_SUM4(S, acc, v) vpadalq_##S##16(acc, vpaddlq_##S##8(v))
 #endif
-}
-
-BITNET_INLINE int32x4_t bitnet_sum4_s8(int32x4_t acc, int8x16_t v) {
-#if defined(__ARM_FEATURE_DOTPROD)
-    return vdotq_s32(acc, v, vdupq_n_s8(1));
-#else
-    return vpadalq_s16(acc, vpaddlq_s8(v));
-#endif
-}
-
 
 // ggml_tl_build_lut for TL1, byte for byte: per group, 16 int16 values t0(v) * a0 + t1(v) * a1,
 // stored as their low bytes (truncating narrow) and high bytes (arithmetic shift by 8)
@@ -99,8 +88,8 @@ static void tl1_tile(int nch, const uint8_t * GGML_RESTRICT x, const uint8_t * G
         const uint8x16x4_t hi = vld1q_u8_x4((const uint8_t *) t->hi[0]);
 #pragma GCC unroll 4
         for (int v = 0; v < 4; ++v) {
-            acc_lo[v] = bitnet_sum4_u8(acc_lo[v], vqtbl4q_u8(lo, idx[v]));
-            acc_hi[v] = bitnet_sum4_s8(acc_hi[v], vreinterpretq_s8_u8(vqtbl4q_u8(hi, idx[v])));
+            acc_lo[v] = BITNET_SUM4(u, acc_lo[v], vqtbl4q_u8(lo, idx[v]));
+            acc_hi[v] = BITNET_SUM4(s, acc_hi[v], vreinterpretq_s8_u8(vqtbl4q_u8(hi, idx[v])));
         }
     }
     const float32x4_t vd = vdupq_n_f32(d);

@@ -37,11 +37,7 @@ void quantize_row_i8_s(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, i
         // max(|x|, acc) returns acc when |x| is NaN, as fmaxf does
         vmax = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(x + i), sign), vmax);
     }
-    float amax = _mm512_reduce_max_ps(vmax);
-    for (; i < k; ++i) {
-        amax = fmaxf(amax, fabsf(x[i]));
-    }
-    const float iscale = 127.0f / fmaxf(amax, 1e-5f);
+    const float iscale = bitnet_i8_s_iscale(x, i, k, _mm512_reduce_max_ps(vmax));
     const __m512  vs   = _mm512_set1_ps(iscale);
     const __m512i lo   = _mm512_set1_epi32(-128);
     const __m512i hi   = _mm512_set1_epi32(127);
@@ -65,11 +61,7 @@ void quantize_row_i8_s(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, i
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    float amax = _mm_cvtss_f32(m4);
-    for (; i < k; ++i) {
-        amax = fmaxf(amax, fabsf(x[i]));
-    }
-    const float iscale = 127.0f / fmaxf(amax, 1e-5f);
+    const float iscale = bitnet_i8_s_iscale(x, i, k, _mm_cvtss_f32(m4));
     const __m256  vs   = _mm256_set1_ps(iscale);
     const __m256i lo   = _mm256_set1_epi32(-128);
     const __m256i hi   = _mm256_set1_epi32(127);

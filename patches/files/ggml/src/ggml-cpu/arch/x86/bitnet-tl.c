@@ -255,9 +255,37 @@ BITNET_INLINE void tl_tiles(int nch, const uint8_t * GGML_RESTRICT x, size_t til
 // dword constants: ones, 0x0F, 0x10, TL2 j << 5, TL1 j << 4 (lane 4i + j)
 static const int32_t tlk_const[5] = { 0x01010101, 0x0F0F0F0F, 0x10101010, 0x60402000, 0x30201000 };
 
-// acc[3r + c] = int32 row sums of tile r (x + r*tile_b) with column c (LUT at lut + c*lut_b)
+// the loop around a chunk body: runs of RUN chunks (k7 selects the upper half, the low sums
+// start at 0), the high sums zeroed per run; after the body, x and lut step by XB and LB
+// bytes, and at the end of a run the high sums are widened into the low ones (constant ONES,
+// scratch T); at the end the low sums are stored to acc
+#define TLK_LOOP_HEAD(RUN)                                                                                                 \
+    "movl       $0xf0, %k[cnt]\n\t"                                                                                        \
+    "kmovb      %k[cnt], %%k7\n\t"                                                                                         \
+    TLK_ZERO_ALL                                                                                                           \
+    "2:\n\t"                                                                                                              \
+    TLK_RUN(RUN)                                                                                                           \
+    TLK_ZERO_HI                                                                                                            \
+    ".p2align 6\n\t"  /* the loop starts a cache line: its speed does not move with the code before it */              \
+    "1:\n\t"
+#define TLK_LOOP_TAIL(XB, LB, ONES, T)                                                                                     \
+    "add        $" #XB ", %[x]\n\t"                                                                                       \
+    "add        $" #LB ", %[lut]\n\t"                                                                                     \
+    "dec        %[cnt]\n\t"                                                                                               \
+    "jnz        1b\n\t"                                                                                                   \
+    TLK_WIDEN_ALL(ONES, T)                                                                                                 \
+    "test       %[left], %[left]\n\t"                                                                                     \
+    "jnz        2b\n\t"                                                                                                   \
+    TLK_STORE_ALL
+#define TLK_OPERANDS                                                                                                       \
+    : [x] "+r" (x), [lut] "+r" (lut), [left] "+r" (left), [cnt] "=&r" (cnt)                                                \
+    : [tb] "r" (tile_b), [lb] "r" (lut_b), [acc] "r" (acc), [k] "r" (tlk_const)                                            \
+    : TLK_CLOBBERS
+
 static_assert(sizeof(block_tl2) == 40 && sizeof(tl2_table) == 256, "the TL2 loop below steps by these");
 static_assert(sizeof(block_tl1) == 32 && sizeof(tl1_table) == 128, "the TL1 loop below steps by these");
+
+// acc[3r + c] = int32 row sums of tile r (x + r*tile_b) with column c (LUT at lut + c*lut_b)
 static void tl_tiles3x3_asm(int tl2, int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut,
                             size_t lut_b, __m512i * GGML_RESTRICT acc) {
     size_t left = (size_t) nch, cnt;
@@ -267,14 +295,7 @@ static void tl_tiles3x3_asm(int tl2, int nch, const uint8_t * GGML_RESTRICT x, s
             "vpbroadcastd 4(%[k]), %%zmm28\n\t"
             "vpbroadcastd 12(%[k]), %%zmm29\n\t"
             "vpbroadcastd 8(%[k]), %%zmm30\n\t"
-            "movl       $0xf0, %k[cnt]\n\t"
-            "kmovb      %k[cnt], %%k7\n\t"
-            TLK_ZERO_ALL
-            "2:\n\t"
-            TLK_RUN(64)
-            TLK_ZERO_HI
-            ".p2align 6\n\t"  // the loop starts a cache line: its speed does not move with the code before it
-            "1:\n\t"
+            TLK_LOOP_HEAD(64)
             TL2K_INDEX(18, "(%[x])", 1)
             TL2K_INDEX(19, "(%[x],%[tb])", 2)
             TL2K_INDEX(20, "(%[x],%[tb],2)", 3)
@@ -284,30 +305,14 @@ static void tl_tiles3x3_asm(int tl2, int nch, const uint8_t * GGML_RESTRICT x, s
             TL2K_LOOK(18, 1, 10)      TL2K_LOOK(19, 4, 13)      TL2K_LOOK(20, 7, 16)
             TL2K_TABLES("(%[lut],%[lb],2)")
             TL2K_LOOK_LAST(18, 2, 11) TL2K_LOOK_LAST(19, 5, 14) TL2K_LOOK_LAST(20, 8, 17)
-            "add        $40, %[x]\n\t"
-            "add        $256, %[lut]\n\t"
-            "dec        %[cnt]\n\t"
-            "jnz        1b\n\t"
-            TLK_WIDEN_ALL(27, 25)
-            "test       %[left], %[left]\n\t"
-            "jnz        2b\n\t"
-            TLK_STORE_ALL
-            : [x] "+r" (x), [lut] "+r" (lut), [left] "+r" (left), [cnt] "=&r" (cnt)
-            : [tb] "r" (tile_b), [lb] "r" (lut_b), [acc] "r" (acc), [k] "r" (tlk_const)
-            : TLK_CLOBBERS);
+            TLK_LOOP_TAIL(40, 256, 27, 25)
+            TLK_OPERANDS);
     } else {
         __asm__ volatile(
             "vpbroadcastd (%[k]), %%zmm25\n\t"
             "vpbroadcastd 4(%[k]), %%zmm26\n\t"
             "vpbroadcastd 16(%[k]), %%zmm27\n\t"
-            "movl       $0xf0, %k[cnt]\n\t"
-            "kmovb      %k[cnt], %%k7\n\t"
-            TLK_ZERO_ALL
-            "2:\n\t"
-            TLK_RUN(128)
-            TLK_ZERO_HI
-            ".p2align 6\n\t"  // the loop starts a cache line: its speed does not move with the code before it
-            "1:\n\t"
+            TLK_LOOP_HEAD(128)
             TLK_INDEX(18, "(%[x])", 26, 27)
             TLK_INDEX(19, "(%[x],%[tb])", 26, 27)
             TLK_INDEX(20, "(%[x],%[tb],2)", 26, 27)
@@ -317,17 +322,8 @@ static void tl_tiles3x3_asm(int tl2, int nch, const uint8_t * GGML_RESTRICT x, s
             TL1K_LOOK(18, 1, 10) TL1K_LOOK(19, 4, 13) TL1K_LOOK(20, 7, 16)
             TL1K_TABLES("(%[lut],%[lb],2)")
             TL1K_LOOK(18, 2, 11) TL1K_LOOK(19, 5, 14) TL1K_LOOK(20, 8, 17)
-            "add        $32, %[x]\n\t"
-            "add        $128, %[lut]\n\t"
-            "dec        %[cnt]\n\t"
-            "jnz        1b\n\t"
-            TLK_WIDEN_ALL(25, 23)
-            "test       %[left], %[left]\n\t"
-            "jnz        2b\n\t"
-            TLK_STORE_ALL
-            : [x] "+r" (x), [lut] "+r" (lut), [left] "+r" (left), [cnt] "=&r" (cnt)
-            : [tb] "r" (tile_b), [lb] "r" (lut_b), [acc] "r" (acc), [k] "r" (tlk_const)
-            : TLK_CLOBBERS);
+            TLK_LOOP_TAIL(32, 128, 25, 23)
+            TLK_OPERANDS);
     }
 }
 
