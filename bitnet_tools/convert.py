@@ -33,7 +33,7 @@ from gguf.constants import GGMLQuantizationType as T
 from . import quants  # noqa: F401  (registers our types with gguf-py)
 from .engine import EngineError
 from .models import Family, families, for_architecture
-from .writer import (EMBEDDING_TYPES, FILE_TYPES, TERNARY_TYPES, PendingTensor, embedding_type, encode_rows,
+from .writer import (EMBEDDING_TYPES, TERNARY_TYPES, PendingTensor, embedding_type, encode_rows, file_type,
                      row_block, ternary_type_for, write_gguf)
 
 log = logging.getLogger(__name__)
@@ -548,8 +548,7 @@ def convert(model_dir, outfile, outtype: str = "i2_s", embd_type: str | None = N
     def kv(w: gguf.GGUFWriter):
         arch = fam.gguf_arch
         w.add_name(cfg.get("_name_or_path") and Path(str(cfg["_name_or_path"])).name or model_dir.name)
-        ftype = FILE_TYPES[qtype]
-        w.add_file_type(int(ftype))
+        w.add_file_type(file_type(tensors))
         w.add_context_length(hp.n_ctx)
         w.add_embedding_length(hp.n_embd)
         w.add_block_count(hp.n_layer)

@@ -18,7 +18,7 @@ from gguf.constants import GGMLQuantizationType as T
 
 from . import quants
 from .quants import i2_s
-from .writer import (EMBEDDING_TYPES, FILE_TYPES, TERNARY_TYPES, PendingTensor, embedding_type, encode,
+from .writer import (EMBEDDING_TYPES, TERNARY_TYPES, PendingTensor, embedding_type, encode, file_type,
                      ternary_type_for, write_gguf)
 
 ARCH = "bitnet-b1.58"
@@ -203,4 +203,4 @@ def write(path: Path, shape_name: str, qtype_name: str, embd_type_name: str | No
             note(f"{qtype_name} cannot hold rows of {width} values: those tensors are i2_s")
     ts = tensors(shape, qtype, embd_type, seed)
 
-    return write_gguf(path, arch, metadata(shape, f"bitnet-dummy-{shape_name}", int(FILE_TYPES[qtype])), ts, progress)
+    return write_gguf(path, arch, metadata(shape, f"bitnet-dummy-{shape_name}", file_type(ts)), ts, progress)

@@ -75,6 +75,17 @@ def embedding_type(requested: str | None, width: int, preferred: str) -> tuple[T
                                   f"(blocks of {row_block(t)}): writing it as {alt}")
 
 
+def file_type(tensors: Iterable["PendingTensor"]) -> int:
+    """general.file_type of a file: that of the type holding most of its matrix weights (the
+    2-D tensors other than the token embedding and output head) -- I2_S, not TQ2_0, for a
+    "TQ2_0" 3B file whose every row needed I2_S."""
+    weights: dict[T, int] = {}
+    for t in tensors:
+        if len(t.shape) == 2 and t.name not in ("token_embd.weight", "output.weight"):
+            weights[t.qtype] = weights.get(t.qtype, 0) + int(np.prod(t.shape))
+    return int(FILE_TYPES[max(weights, key=weights.get)])
+
+
 def tensor_nbytes(shape: tuple[int, ...], qtype: T) -> int:
     """Bytes of a tensor as ggml_nbytes computes them (shape in numpy order)."""
     if not fits(shape[-1], qtype):  # nothing is written that llama.cpp would refuse to load

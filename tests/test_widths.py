@@ -41,8 +41,12 @@ def test_every_width_in_every_ternary_type_loads_and_runs(tmp_path, shape):
     for qtype in TYPES:
         path = tmp_path / f"{shape}-{qtype}.gguf"
         dummy.write(path, shape, qtype, n_layer=1, n_vocab=512, note=notes.append)
-        # each BitLinear is the type asked for where that type holds its rows, else I2_S; no f16
-        for t in gguf.GGUFReader(path).tensors:
+        # each BitLinear is the type asked for where that type holds its rows, else I2_S; no f16;
+        # the file type names what holds the weights
+        reader = gguf.GGUFReader(path)
+        held = qtype if any(w % BLOCK.get(qtype, 1) == 0 for w in (s.n_embd, s.n_ff)) else "i2_s"
+        assert int(reader.get_field("general.file_type").contents()) == gguf.LlamaFileType[f"MOSTLY_{held.upper()}"]
+        for t in reader.tensors:
             if t.name.startswith("blk.0.") and t.name.split(".")[2] in ("attn_q", "attn_k", "attn_v", "attn_output",
                                                                        "ffn_gate", "ffn_up", "ffn_down"):
                 width = int(t.shape[0])   # ggml order: ne0 is the row width
@@ -51,7 +55,7 @@ def test_every_width_in_every_ternary_type_loads_and_runs(tmp_path, shape):
             assert t.tensor_type.name not in ("F16", "BF16"), (shape, qtype, t.name)
         r = CliRunner().invoke(app, ["info", str(path)])
         assert r.exit_code == 0 and "total" in r.output, r.output
-        llm = load(path, n_ctx=16, n_threads=2)
+        llm = load(path, n_ctx=16, n_threads=2, logits_all=True)
         llm.eval([1, 300])
         logits = np.asarray(llm.scores[1])
         assert logits.shape == (512,) and np.isfinite(logits).all() and np.abs(logits).max() > 0, (shape, qtype)
