@@ -27,7 +27,8 @@ void ggml_vec_dot_i2_s_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const voi
 void ggml_vec_dot_i2_s_i8_s_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
 
 // nr weight rows (I2_S codes, row stride bx bytes) times nc activation rows (I8_S, stride by
-// bytes): s[c*bs + r] = (sum_i (code_ri - 1) * q_ci) * d_c * wscale. n is a multiple of 128.
+// bytes): s[c*bs + r] = (sum_i (code_ri - 1) * q_ci) * d_c * wscale. n is a multiple of 128:
+// the MUL_MAT hook pads I2_S rows and their activations to whole groups.
 // nr and nc are any positive counts (kernels tile internally and handle the edges).
 void ggml_gemm_i2_s_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
                          const void * GGML_RESTRICT vy, size_t by, int nr, int nc, float wscale);
