@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import tempfile
@@ -24,6 +25,8 @@ from pathlib import Path
 
 from . import engine
 from .quants import OURS
+
+log = logging.getLogger(__name__)
 
 POWERCAP = Path("/sys/class/powercap")
 SCHEMA_VERSION = 1
@@ -88,12 +91,14 @@ def energy_per_token(tps: float, wall: float, cpu_seconds: float, joules: float 
 
 # ---------------------------------------------------------------- models
 
-def bench_model(shape: str, qtype: str, outdir: Path, tools: Path, console=None) -> Path:
+def bench_model(shape: str, qtype: str, outdir: Path, tools: Path, note=log.warning) -> Path:
     """A dummy model of `shape` in `qtype`, made once and reused (random ternary weights, the
     same token embedding for every type -- Q6_K, or Q8_0 where Q6_K's blocks cannot hold the
-    rows -- so that only the ternary weights differ)."""
+    rows -- so that only the ternary weights differ). A stock type is what llama.cpp itself
+    makes of it: where TQ1_0/TQ2_0 cannot hold the shape's rows that is llama-quantize's own
+    fallback, not the I2_S that `bitnet dummy` would write (which would compare I2_S with itself)."""
     from . import dummy
-    from .writer import TERNARY_TYPES, embedding_type
+    from .writer import TERNARY_TYPES, embedding_type, fits
 
     outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / f"{shape}-{qtype}.gguf"
@@ -102,8 +107,12 @@ def bench_model(shape: str, qtype: str, outdir: Path, tools: Path, console=None)
     if shape not in dummy.SHAPES:
         raise BenchError(f"unknown shape {shape!r}: choose one of {', '.join(dummy.SHAPES)}")
     embd = embedding_type(None, dummy.SHAPES[shape].n_embd, "q6_k")[0].name.lower()
-    if qtype in TERNARY_TYPES:
+    widths = sorted({dummy.SHAPES[shape].n_embd, dummy.SHAPES[shape].n_ff})
+    if qtype in TERNARY_TYPES and all(fits(w, TERNARY_TYPES[qtype]) for w in widths):
         return dummy.write(path, shape, qtype, embd_type_name=embd)
+    if qtype in TERNARY_TYPES:
+        note(f"{qtype} cannot hold rows of {', '.join(map(str, widths))} values: benchmarking what "
+             f"llama.cpp's llama-quantize makes of a {qtype.upper()} request (its fallback type for those tensors)")
     # any other stock type: llama-quantize from the f16 model, keeping its embedding
     src = bench_model(shape, "f16", outdir, tools)
     tmp = path.with_name(f".{path.name}.partial")
@@ -201,7 +210,7 @@ def prepare_models(model: Path | None, shape: str, types: list[str], models_dir:
     task = progress.add_task("preparing models", total=len(types))
     models = []
     for t in types:
-        models.append((t, bench_model(shape, t, models_dir, tools)))
+        models.append((t, bench_model(shape, t, models_dir, tools, note=lambda m: progress.console.print(f"note: {m}"))))
         progress.advance(task)
     return models
 

@@ -108,3 +108,28 @@ def test_baseline_build_runs_the_stock_types_too(tmp_path, tools):
     engines = sorted((x["type"], x["engine"]) for x in doc["results"] if x["test"] == "tg4")
     assert engines == [("i2_s", "bitnet-tools"), ("tq2_0", "bitnet-tools"), ("tq2_0", "stock")]
     assert {s["stock_engine"] for s in doc["speedups"]} == {"bitnet-tools", "stock"}
+
+
+@pytest.mark.slow
+def test_stock_tq2_0_that_cannot_hold_the_rows_is_llama_quantizes_file_not_ours(tmp_path, tools, monkeypatch):
+    """At widths TQ2_0's 256-blocks cannot hold (3B's 3200/8640; here 384), `bitnet dummy` writes
+    I2_S; the bench's stock TQ2_0 must instead be what llama.cpp makes of it, or the speedup
+    table compares I2_S with itself."""
+    import gguf
+
+    from bitnet_tools import dummy
+    from bitnet_tools.quants import BY_QTYPE
+    monkeypatch.setitem(dummy.SHAPES, "odd", dummy.Shape(384, 1, 768, 4, 2, 512))
+    notes = []
+    path = bench.bench_model("odd", "tq2_0", tmp_path, tools, note=notes.append)
+    assert notes and "tq2_0 cannot hold rows of 384, 768" in notes[0]
+    by_width = {}
+    for t in gguf.GGUFReader(path).tensors:
+        if t.name.startswith("blk.") and len(t.shape) == 2:
+            by_width.setdefault(int(t.shape[0]), set()).add(t.tensor_type)   # shape[0]: row width
+    assert set(by_width) == {384, 768}
+    assert not (by_width[384] | by_width[768]) & set(BY_QTYPE), by_width     # none of ours
+    assert gguf.GGMLQuantizationType.TQ2_0 not in by_width[384]              # llama.cpp's fallback
+    assert by_width[768] == {gguf.GGMLQuantizationType.TQ2_0}                # ffn_down's rows fit
+    # where the rows fit, the stock type is written directly
+    assert bench.bench_model("tiny", "tq2_0", tmp_path, tools, note=notes.append).exists() and len(notes) == 1
