@@ -107,11 +107,12 @@ def bench_model(shape: str, qtype: str, outdir: Path, tools: Path, note=log.warn
     if shape not in dummy.SHAPES:
         raise BenchError(f"unknown shape {shape!r}: choose one of {', '.join(dummy.SHAPES)}")
     embd = embedding_type(None, dummy.SHAPES[shape].n_embd, "q6_k")[0].name.lower()
-    widths = sorted({dummy.SHAPES[shape].n_embd, dummy.SHAPES[shape].n_ff})
-    if qtype in TERNARY_TYPES and all(fits(w, TERNARY_TYPES[qtype]) for w in widths):
-        return dummy.write(path, shape, qtype, embd_type_name=embd)
     if qtype in TERNARY_TYPES:
-        note(f"{qtype} cannot hold rows of {', '.join(map(str, widths))} values: benchmarking what "
+        widths = {dummy.SHAPES[shape].n_embd, dummy.SHAPES[shape].n_ff}
+        misfits = sorted(w for w in widths if not fits(w, TERNARY_TYPES[qtype]))
+        if not misfits:
+            return dummy.write(path, shape, qtype, embd_type_name=embd)
+        note(f"{qtype} cannot hold rows of {', '.join(map(str, misfits))} values: benchmarking what "
              f"llama.cpp's llama-quantize makes of a {qtype.upper()} request (its fallback type for those tensors)")
     # any other stock type: llama-quantize from the f16 model, keeping its embedding
     src = bench_model(shape, "f16", outdir, tools)
