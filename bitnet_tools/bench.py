@@ -98,7 +98,7 @@ def bench_model(shape: str, qtype: str, outdir: Path, tools: Path, note=log.warn
     makes of it: where TQ1_0/TQ2_0 cannot hold the shape's rows that is llama-quantize's own
     fallback, not the I2_S that `bitnet dummy` would write (which would compare I2_S with itself)."""
     from . import dummy
-    from .writer import TERNARY_TYPES, embedding_type, fits
+    from .writer import TERNARY_TYPES, embedding_type
 
     outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / f"{shape}-{qtype}.gguf"
@@ -108,8 +108,7 @@ def bench_model(shape: str, qtype: str, outdir: Path, tools: Path, note=log.warn
         raise BenchError(f"unknown shape {shape!r}: choose one of {', '.join(dummy.SHAPES)}")
     embd = embedding_type(None, dummy.SHAPES[shape].n_embd, "q6_k")[0].name.lower()
     if qtype in TERNARY_TYPES:
-        widths = {dummy.SHAPES[shape].n_embd, dummy.SHAPES[shape].n_ff}
-        misfits = sorted(w for w in widths if not fits(w, TERNARY_TYPES[qtype]))
+        misfits = dummy.unheld_widths(dummy.SHAPES[shape], TERNARY_TYPES[qtype])
         if not misfits:
             return dummy.write(path, shape, qtype, embd_type_name=embd)
         note(f"{qtype} cannot hold rows of {', '.join(map(str, misfits))} values: benchmarking what "

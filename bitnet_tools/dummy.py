@@ -176,6 +176,11 @@ def metadata(shape: Shape, name: str, file_type: int) -> Callable[[gguf.GGUFWrit
     return kv
 
 
+def unheld_widths(shape: Shape, qtype) -> list[int]:
+    """The BitLinear row widths of `shape` that `qtype` cannot hold (`write` makes those I2_S)."""
+    return sorted(w for w in {shape.n_embd, shape.n_ff} if ternary_type_for(w, qtype) != qtype)
+
+
 def write(path: Path, shape_name: str, qtype_name: str, embd_type_name: str | None = None, seed: int = 0,
           progress: Callable[[str], None] | None = None, arch: str = ARCH,
           note: Callable[[str], None] = log.warning, n_layer: int | None = None, n_vocab: int | None = None) -> Path:
@@ -198,9 +203,8 @@ def write(path: Path, shape_name: str, qtype_name: str, embd_type_name: str | No
     embd_type, why = embedding_type(embd_type_name, shape.n_embd, "q6_k")
     if why:
         note(why)
-    for width in sorted({shape.n_embd, shape.n_ff}):
-        if ternary_type_for(width, qtype) != qtype:
-            note(f"{qtype_name} cannot hold rows of {width} values: those tensors are i2_s")
+    for width in unheld_widths(shape, qtype):
+        note(f"{qtype_name} cannot hold rows of {width} values: those tensors are i2_s")
     ts = tensors(shape, qtype, embd_type, seed)
 
     return write_gguf(path, arch, metadata(shape, f"bitnet-dummy-{shape_name}", file_type(ts)), ts, progress)
