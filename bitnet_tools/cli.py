@@ -43,10 +43,13 @@ def run_guarded(fn, *args, **kwargs):
 
 @app.command()
 def setup(
-    hf_repo: Optional[str] = typer.Option(None, "--hf-repo", "-hr", help="Hugging Face repo to download and convert, "
-                                          "e.g. microsoft/BitNet-b1.58-2B-4T-bf16."),
-    model_dir: Optional[Path] = typer.Option(None, "--model-dir", "-md", help="Convert this local checkpoint folder instead."),
-    quant: Optional[str] = typer.Option(None, "-q", "--quant-type", help="Weight type: i2_s (default), tl2, tl1, tq2_0, tq1_0, f16, bf16, f32."),
+    hf_repo: Optional[str] = typer.Option(None, "--hf-repo", "-hr", help="Hugging Face repo: a checkpoint to convert "
+                                          "(microsoft/BitNet-b1.58-2B-4T-bf16) or GGUF files "
+                                          "(microsoft/bitnet-b1.58-2B-4T-gguf)."),
+    model_dir: Optional[Path] = typer.Option(None, "--model-dir", "-md", help="A local folder instead: a checkpoint, "
+                                             "a GGUF, or both."),
+    quant: Optional[str] = typer.Option(None, "-q", "--quant-type", help="Weight type: i2_s, tl2, tl1, tq2_0, tq1_0, "
+                                        "f16, bf16, f32 (default: the one of ours that measures fastest here)."),
     quant_embd: Optional[str] = typer.Option(None, "--quant-embd", help="Token embedding type: q6_k, q8_0, f16, f32 "
                                              "(default: q6_k for large vocabularies, else f16)."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads for the verification run."),
@@ -58,10 +61,16 @@ def setup(
                                        "instead of this machine's CPU."),
     force: bool = typer.Option(False, "--force", help="Rebuild the engine and re-convert even if nothing changed."),
 ):
-    """One shot: build the patched engine (cached), then download + convert + verify a model
-    (--hf-repo / --model-dir), or run the built-in demo model when neither is given."""
+    """One shot: build the patched engine (cached), then get a model (--hf-repo / --model-dir:
+    a GGUF of the asked type is used as it is, another ternary GGUF is transcoded, a checkpoint
+    is converted) and verify it; or run the built-in demo model when neither is given."""
+    from .writer import TERNARY_TYPES
     if hf_repo and model_dir:  # before the engine build, which can take minutes
         fail("give either --hf-repo or --model-dir, not both")
+    if quant is not None and quant.lower() not in TERNARY_TYPES:
+        fail(f"unknown weight type {quant!r}: choose one of {', '.join(TERNARY_TYPES)}")
+    if model_dir is not None and not model_dir.is_dir():
+        fail(f"{model_dir} is not a folder: point --model-dir at a folder holding a checkpoint or a GGUF")
     result = run_guarded(engine.build, portable=portable, force=force, console=err)
     state = "built" if result["rebuilt"] else "up to date"
     console.print(f"engine {state}: flavor [bold]{result['flavor']}[/], build key {result['key']}")
@@ -74,37 +83,120 @@ def setup(
 
     from . import hub
     defaults = hub.defaults_for(hf_repo or "")
-    qtype = (quant or defaults.quant).lower()
+    quant = (quant or defaults.quant or "").lower() or None
     if hf_repo:
         if hf_repo not in hub.KNOWN_REPOS:
-            err.print(f"{hf_repo} is not a repo we know: trying it by its architecture")
-        try:
+            err.print(f"{hf_repo} is not a repo we know: trying it by what it holds")
+        files = _hub(hub.list_files, hf_repo, revision)
+        name, where = hf_repo.split("/")[-1], hf_repo
+    else:
+        files = sorted(p.name for p in model_dir.iterdir() if p.is_file())
+        name, where = model_dir.resolve().name, str(model_dir)
+
+    def fetch(filename: str) -> Path:
+        if hf_repo:
+            with err.status(f"downloading {filename} from {hf_repo} (resumable)"):
+                return _hub(hub.download_file, hf_repo, filename, revision)
+        return model_dir / filename
+
+    ggufs, checkpoint = hub.ternary_ggufs(files), hub.has_checkpoint(files)
+    if not ggufs and not checkpoint:
+        fail(f"{where} holds neither a ternary GGUF (named like ggml-model-i2_s.gguf) nor a Hugging Face checkpoint "
+             "(config.json + *.safetensors): check the repo or folder")
+    if quant is None:
+        quant = _fastest_type(fetch, ggufs, checkpoint, threads)
+    out = outdir / name / f"ggml-model-{quant}.gguf"
+    if quant in ggufs or (ggufs and not checkpoint):
+        model = _from_gguf(fetch(ggufs.get(quant) or next(iter(ggufs.values()))), quant, out, force)
+    else:
+        if hf_repo:
             with err.status(f"downloading {hf_repo} (resumable)"):
-                src = hub.download(hf_repo, revision=revision)
-        except hub.HubError as e:
-            fail(str(e))
-        name = hf_repo.split("/")[-1]
-    else:
-        if not (model_dir / "config.json").is_file():
-            fail(f"{model_dir} has no config.json: point --model-dir at a Hugging Face checkpoint folder")
-        src, name = model_dir, model_dir.resolve().name
-    out = outdir / name / f"ggml-model-{qtype}.gguf"
+                src = _hub(hub.download, hf_repo, revision=revision)
+        else:
+            src = model_dir
+        if out.exists() and not force:
+            console.print(f"reusing {out} (already converted; --force to redo)")
+        else:
+            _convert(src, out, quant, quant_embd or defaults.embd, force=False)
+        model = out
+    _verify(model, threads)
+
+
+def _hub(fn, *args, **kwargs):
+    from .hub import HubError
+    try:
+        return fn(*args, **kwargs)
+    except HubError as e:
+        fail(str(e))
+
+
+def _read_gguf(path: Path):
+    from .convert import ConvertError
+    from .transcode import architecture, open_gguf
+    try:
+        reader = open_gguf(path)
+        architecture(reader, path)
+    except ConvertError as e:
+        fail(str(e))
+    return reader
+
+
+def _fastest_type(fetch, ggufs: dict, checkpoint: bool, threads: Optional[int]) -> str:
+    """The type of ours that generates fastest here for the model's widths (measured, cached)."""
+    from .convert import ConvertError, hparams, pick_family, read_config
+    from .dummy import Shape
+    from .fastest import choose
+    from .transcode import shape_of
+    try:
+        if checkpoint:
+            cfg_path = fetch("config.json")
+            cfg = read_config(cfg_path.parent)
+            hp = hparams(cfg, pick_family(cfg))
+            shape = Shape(hp.n_embd, hp.n_layer, hp.n_ff, hp.n_head, hp.n_head_kv, hp.n_vocab)
+        else:
+            path = fetch(next(iter(ggufs.values())))
+            shape = shape_of(_read_gguf(path), path)
+    except ConvertError as e:
+        fail(str(e))
+    with err.status("measuring which ternary type generates fastest on this CPU") as status:
+        choice = run_guarded(choose, shape, _current_tools(), threads, progress=lambda s: status.update(s))
+    console.print(choice.summary(), highlight=False)
+    return choice.type
+
+
+def _from_gguf(path: Path, quant: str, out: Path, force: bool) -> Path:
+    """A downloaded or local ternary GGUF: used as it is when it holds `quant`, else transcoded."""
+    from .transcode import held_type
+    held = held_type(_read_gguf(path))
+    if held == quant:
+        console.print(f"using {path} as it is ({held})", highlight=False)
+        return path
     if out.exists() and not force:
-        console.print(f"reusing {out} (already converted; --force to redo)")
-    else:
-        _convert(src, out, qtype, quant_embd or defaults.embd, force=False)
-    _verify(out, threads)
+        console.print(f"reusing {out} (already transcoded; --force to redo)")
+        return out
+    console.print(f"transcoding {path.name} ({held}) to {quant}", highlight=False)
+    return _convert(path, out, quant, None, force=False)
 
 
-def _convert(src: Path, out: Path, qtype: str, embd: Optional[str], force: bool) -> Path:
+def _convert(src: Path, out: Path, qtype: str, embd: Optional[str], force: bool, i2s_layout: str = "x86") -> Path:
+    """A checkpoint folder converted, or a ternary GGUF transcoded, to `out`."""
     from rich.progress import Progress
     from .convert import ConvertError, convert as convert_fn
+    from .transcode import transcode
+    gguf_input = src.is_file()
+    if gguf_input and embd is not None:
+        fail("--embd-type applies to checkpoints: a GGUF's token embedding is copied as it is")
+    if not gguf_input and i2s_layout != "x86":
+        fail("--i2s-layout applies to I2_S GGUF files, not to checkpoints: drop it")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with Progress(console=err, transient=True) as progress:
-            task = progress.add_task(f"converting to {out.name}", total=None)
-            convert_fn(src, out, outtype=qtype, embd_type=embd, force=force,
-                       progress=lambda *a: progress.advance(task))
+            task = progress.add_task(f"{'transcoding' if gguf_input else 'converting'} to {out.name}", total=None)
+            step = lambda *a: progress.advance(task)  # noqa: E731
+            if gguf_input:
+                transcode(src, out, qtype, i2s_layout=i2s_layout, progress=step)
+            else:
+                convert_fn(src, out, outtype=qtype, embd_type=embd, force=force, progress=step)
     except ConvertError as e:
         if _debug:
             raise
@@ -113,7 +205,7 @@ def _convert(src: Path, out: Path, qtype: str, embd: Optional[str], force: bool)
         if _debug:
             raise
         fail(f"writing {out} failed: {e.strerror or e} (nothing partial was left; free space and run again)")
-    console.print(f"converted: {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    console.print(f"{'transcoded' if gguf_input else 'converted'}: {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return out
 
 
@@ -125,15 +217,19 @@ def _verify(model: Path, threads: Optional[int]) -> None:
 
 @app.command()
 def convert(
-    model_dir: Path = typer.Argument(..., help="Hugging Face checkpoint folder (config.json + safetensors)."),
+    source: Path = typer.Argument(..., help="Hugging Face checkpoint folder (config.json + safetensors), or a "
+                                  "ternary GGUF file to transcode."),
     outfile: Path = typer.Option(..., "-o", "--outfile", help="Output GGUF."),
     outtype: str = typer.Option("i2_s", "--outtype", help="i2_s, tl2, tl1, tq2_0, tq1_0, f16, bf16, f32."),
     embd_type: Optional[str] = typer.Option(None, "--embd-type", help="q6_k, q8_0, f16, f32 (default: q6_k for large "
-                                            "vocabularies, else f16)."),
+                                            "vocabularies, else f16; checkpoints only)."),
+    i2s_layout: str = typer.Option("x86", "--i2s-layout", help="I2_S code layout of the input GGUF: x86 (Microsoft's "
+                                   "published files, ours) or arm64 (made by bitnet.cpp's ARM builds since Nov 2025)."),
     force: bool = typer.Option(False, "--force", help="Convert even if the weights are not ternary after scaling."),
 ):
-    """Convert a BitNet b1.58 checkpoint to GGUF in one streaming pass."""
-    _convert(model_dir, outfile, outtype.lower(), embd_type, force)
+    """Convert a BitNet b1.58 checkpoint to GGUF in one streaming pass, or transcode a ternary
+    GGUF to another type (ternary codes and scales kept exactly, everything else copied)."""
+    _convert(source, outfile, outtype.lower(), embd_type, force, i2s_layout)
 
 
 @app.command()

@@ -92,10 +92,26 @@ def unpack(data: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.flo
     return q.reshape(shape), scale
 
 
+def unpack_arm64(data: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.float32]:
+    """Like `unpack`, for files made by bitnet.cpp's ARM builds since Nov 2025: the flat tensor is
+    cut into groups of 64 elements, 16 bytes each; element j of a group sits in byte j % 16 at
+    shift 6 - 2 * (j // 16). Same size and tail as the x86 layout, and no marker in the file."""
+    m, n = _rows(shape)
+    if (m * n) % 64:
+        raise ValueError(f"{m * n} elements are not whole groups of 64: not an ARM-layout I2_S tensor")
+    data = np.asarray(data, dtype=np.uint8).reshape(-1)
+    codes = data[: m * n // 4].reshape(-1, 1, 16)
+    q = ((codes >> _SHIFTS) & 3).astype(np.int8).reshape(m, n) - np.int8(1)
+    scale = data[m * n // 4: m * n // 4 + 4].view(np.float32)[0]
+    return q.reshape(shape), scale
+
+
 class I2_S(_Quant, qtype=GGMLQuantizationType.I2_S):
     """Whole-tensor quantizer: the scale is per tensor, so there are no independent blocks."""
 
     pack_codes = staticmethod(pack_codes)  # codes alone, the per-tensor tail written after them
+    pack = staticmethod(pack)
+    unpack = staticmethod(unpack)
 
     @classmethod
     def nbytes(cls, shape: tuple[int, ...]) -> int:
