@@ -255,6 +255,9 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
     t.add_row("CPU features in build", feats)
     for flavor, b in r["builds"].items():
         t.add_row(f"build {flavor}", f"key {b['key']} ({'current' if b['current'] else 'stale'}), tools in {b['tools']}")
+    for key, c in r["fastest_types"].items():
+        figures = ", ".join(f"{k} {v:.1f}" for k, v in sorted(c["tokens_per_s"].items(), key=lambda kv: -kv[1]))
+        t.add_row("fastest type (measured)", f"[bold]{c['type']}[/] for {key} (generation t/s: {figures})")
     console.print(t)
     if not r["ternary_types_known"]:
         raise typer.Exit(1)

@@ -63,6 +63,8 @@ def report() -> dict:
     # our ternary types, as the loaded library names them: a stale or unpatched build misses some
     out["ternary_types_known"] = installed is not None and all(
         ggml_type_name(int(t.qtype)) == name for name, t in quants.OURS.items())
+    from .fastest import cached
+    out["fastest_types"] = cached()  # bitnet setup's measured choices: key -> type and figures
     feats = cpu_features()
     out["cpu_features"] = {k: feats.get(k, False) for k in
                            ("AVX", "AVX2", "FMA", "F16C", "AVX512", "AVX512_VNNI", "AVX_VNNI", "NEON", "DOTPROD")}

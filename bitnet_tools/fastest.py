@@ -46,7 +46,7 @@ class Choice:
         figures = ", ".join(f"{t} {v:.1f}" for t, v in sorted(self.tokens_per_s.items(), key=lambda kv: -kv[1]))
         how = "cached measurement" if self.cached else "measured"
         return (f"fastest type here: {self.type} ({how}: generation t/s on a {self.probe_layers}-layer probe with "
-                f"the model's widths, {self.threads} threads: {figures}; -q overrides)")
+                f"the model's widths, {self.threads} thread{'s' if self.threads > 1 else ''}: {figures}; -q overrides)")
 
 
 def cpu_model() -> str:
@@ -61,7 +61,7 @@ def cpu_model() -> str:
 
 def cache_key(shape: Shape, threads: int) -> str:
     widths = f"{shape.n_embd}x{shape.n_ff} heads {shape.n_head}/{shape.n_head_kv}"
-    return f"{cpu_model()} | engine {engine.installed_build()[1]} | {widths} | {threads} threads"
+    return f"{cpu_model()} | engine {engine.installed_build()[1]} | {widths} | threads={threads}"
 
 
 def cached() -> dict:

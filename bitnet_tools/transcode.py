@@ -131,13 +131,14 @@ def ternary(t, i2s_layout: str = "x86") -> tuple[np.ndarray, np.float32]:
             q, scale = quant.unpack(data, (m, n))
             canonical = quant.pack_codes(q)
             held = data[: canonical.size]
-        if not np.array_equal(canonical, held):
+        if np.abs(q).max(initial=0) > 1 or not np.array_equal(canonical, held):  # I2_S code 3; TL index > 3^g - 1
             raise ConvertError(f"{t.name} ({qtype.name}) holds codes that are not ternary weights of its type "
                                "(damaged file, or another layout): re-download or re-convert it")
     else:  # TQ1_0 / TQ2_0: per-256-block fp16 scales, one value in a ternary model
         x = gguf.quants.dequantize(data[: t.n_bytes], qtype).reshape(m, n)
-        blocks = np.abs(x.reshape(-1, 256)).max(axis=1)
-        d = np.unique(blocks[blocks > 0])
+        block, size = gguf.GGML_QUANT_SIZES[qtype]  # each block ends with its fp16 scale
+        d_blocks = data[: t.n_bytes].reshape(-1, size)[:, -2:].copy().view(np.float16).reshape(-1).astype(np.float32)
+        d = np.unique(d_blocks[np.abs(x.reshape(-1, block)).max(axis=1) > 0])
         if d.size > 1:
             raise ConvertError(f"{t.name} ({qtype.name}) has {d.size} different block scales, not the one scale "
                                "of a BitNet b1.58 weight: it cannot be transcoded losslessly; convert the checkpoint")
