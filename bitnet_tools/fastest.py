@@ -132,6 +132,14 @@ def measure(shape: Shape, threads: int, candidates: list[str], tools: Path, prog
     return best
 
 
+def candidates(features: dict[str, bool]) -> list[str]:
+    """Our types with a SIMD kernel for the build's widest instruction set (`features` as
+    doctor.cpu_features reports them): the others run the scalar reference, orders of magnitude
+    slower (TL1 on an AVX2-only build: 0.3 t/s) and not worth minutes of measuring."""
+    isa = next((k.lower() for k in ("AVX512", "AVX2", "NEON") if features.get(k)), None)
+    return [name for name, t in quants.OURS.items() if isa in t.kernels] or list(quants.OURS)
+
+
 def choose(shape: Shape, tools: Path, threads: int | None = None, progress=None, refresh: bool = False) -> Choice:
     """The fastest of our types for `shape` on this CPU (cached unless `refresh`)."""
     threads = threads or physical_cores()
@@ -140,7 +148,8 @@ def choose(shape: Shape, tools: Path, threads: int | None = None, progress=None,
     if entry is not None and not refresh:
         return Choice(**entry, cached=True)
     probe = replace(shape, n_layer=probe_layers(shape), n_vocab=PROBE_VOCAB)
-    tps = measure(probe, threads, list(quants.OURS), tools, progress)
+    from .doctor import cpu_features
+    tps = measure(probe, threads, candidates(cpu_features()), tools, progress)
     choice = Choice(type=max(tps, key=tps.get), tokens_per_s=tps, threads=threads, probe_layers=probe.n_layer,
                     key=key)
     _store(choice)

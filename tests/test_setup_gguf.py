@@ -135,6 +135,13 @@ def test_bad_gguf_folders_are_one_line_errors(gguf_repo, tmp_path, damage, messa
 
 # ---------------------------------------------------------------- the fastest type, measured
 
+def test_only_types_with_a_simd_kernel_for_the_build_are_candidates():
+    assert fastest.candidates({"AVX2": True, "AVX512": True}) == ["i2_s", "tl1", "tl2"]
+    assert fastest.candidates({"AVX2": True}) == ["i2_s", "tl2"]   # TL1 has no AVX2 kernel: 0.3 t/s there
+    assert fastest.candidates({"NEON": True}) == ["i2_s", "tl1"]   # TL2 has no NEON kernel
+    assert fastest.candidates({}) == ["i2_s", "tl1", "tl2"]        # no SIMD: measure them all
+
+
 def test_choose_is_the_best_measured_type_and_is_cached(monkeypatch, tmp_path):
     monkeypatch.setattr(fastest, "CACHE", tmp_path / "fastest-type.json")
     calls = []
@@ -167,7 +174,8 @@ def test_setup_without_a_type_measures_and_uses_the_fastest(gguf_repo, monkeypat
     assert r.exit_code == 0, r.output
     (entry,) = json.loads(fastest.CACHE.read_text()).values()
     figures = entry["tokens_per_s"]
-    assert set(figures) == set(quants.OURS) and all(v > 0 for v in figures.values())
+    from bitnet_tools.doctor import cpu_features
+    assert set(figures) == set(fastest.candidates(cpu_features())) and all(v > 0 for v in figures.values())
     assert entry["type"] == max(figures, key=figures.get)
     assert f"fastest type here: {entry['type']} (measured" in " ".join(r.output.split())
     model = folder / "ggml-model-i2_s.gguf" if entry["type"] == "i2_s" else tmp_path / "m" / "dl" / f"ggml-model-{entry['type']}.gguf"

@@ -49,11 +49,14 @@ class _TL:
     def codes(cls, q: np.ndarray) -> np.ndarray:
         """Trits (m, k) in {-1, 0, 1} -> codes (m, groups) of the zero-padded groups."""
         m, k = q.shape
-        padded = np.zeros((m, cls.chunks(k) * CHUNK * cls.group), dtype=np.int16)
-        padded[:, :k] = q
-        digits = (padded + 1).reshape(m, -1, cls.group)
-        weights = 3 ** np.arange(cls.group - 1, -1, -1, dtype=np.int16)
-        return (digits * weights).sum(axis=-1).astype(np.uint8)
+        digits = np.ones((m, cls.chunks(k) * CHUNK * cls.group), dtype=np.uint8)  # padding: zero weights
+        digits[:, :k] = q.astype(np.uint8) + 1
+        digits = digits.reshape(m, -1, cls.group)
+        codes = digits[..., 0].copy()
+        for p in range(1, cls.group):  # base 3, most significant first (codes < 27 fit a byte)
+            codes *= 3
+            codes += digits[..., p]
+        return codes
 
     @classmethod
     def _pack_tiles(cls, codes: np.ndarray, h: int) -> np.ndarray:
