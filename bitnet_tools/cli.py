@@ -107,7 +107,7 @@ def setup(
         quant = _fastest_type(fetch, ggufs, checkpoint, threads)
     out = outdir / name / f"ggml-model-{quant}.gguf"
     if quant in ggufs or (ggufs and not checkpoint):
-        model = _from_gguf(fetch(ggufs.get(quant) or next(iter(ggufs.values()))), quant, out, force)
+        model = _from_gguf(fetch(hub.gguf_source(ggufs, quant)), quant, out, force)
     else:
         if hf_repo:
             with err.status(f"downloading {hf_repo} (resumable)"):
@@ -154,7 +154,8 @@ def _fastest_type(fetch, ggufs: dict, checkpoint: bool, threads: Optional[int]) 
             hp = hparams(cfg, pick_family(cfg))
             shape = Shape(hp.n_embd, hp.n_layer, hp.n_ff, hp.n_head, hp.n_head_kv, hp.n_vocab)
         else:
-            path = fetch(next(iter(ggufs.values())))
+            from .hub import gguf_source
+            path = fetch(gguf_source(ggufs, None))
             shape = shape_of(_read_gguf(path), path)
     except ConvertError as e:
         fail(str(e))

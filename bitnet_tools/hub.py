@@ -142,5 +142,12 @@ def ternary_ggufs(files: list[str]) -> dict[str, str]:
     return found
 
 
+def gguf_source(ggufs: dict[str, str], qtype: str | None) -> str:
+    """The GGUF to start from: the one of `qtype` if there is one, else the best to transcode
+    (I2_S first: one scale, exact)."""
+    from .transcode import SOURCE_TYPE_NAMES
+    return ggufs.get(qtype) or next(ggufs[t] for t in SOURCE_TYPE_NAMES if t in ggufs)
+
+
 def has_checkpoint(files: list[str]) -> bool:
     return "config.json" in files and any(f.endswith(".safetensors") for f in files)
