@@ -341,29 +341,78 @@ def chat(
 @app.command()
 def serve(
     model: Path = typer.Option(..., "-m", "--model", help="GGUF model."),
-    host: str = typer.Option("127.0.0.1", "--host"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (other than loopback: see --api-key)."),
     port: int = typer.Option(8080, "--port"),
+    parallel: Optional[int] = typer.Option(None, "--parallel", "-np", help="Requests decoded together "
+                                           "(slots; default: max(4, 2 x physical cores))."),
+    ctx: int = typer.Option(4096, "-c", "--ctx-size", help="Context of each request (tokens)."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads"),
-    ctx: int = typer.Option(4096, "-c", "--ctx-size"),
     alias: Optional[str] = typer.Option(None, "--alias", help="Model name clients use (default: file stem)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="Require this bearer key from clients."),
+    log: Optional[Path] = typer.Option(None, "--log-file", help="Server log (default: in the temp directory)."),
 ):
-    """OpenAI-compatible server (/v1/chat/completions, /v1/completions) via llama-cpp-python's server."""
-    from .runtime import ModelError, check_model_file, physical_cores
+    """OpenAI-compatible server for many users at once: llama.cpp's llama-server from our build
+    (continuous batching), /v1/chat/completions, /v1/completions, /v1/models, /health."""
+    from .runtime import ModelError
+    from .server import ServeOptions, ServerError, default_log, serve_forever
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        err.print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the model")
+    opts = ServeOptions(model=model, host=host, port=port, parallel=parallel or 0, ctx=ctx, threads=threads or 0,
+                        alias=alias, api_key=api_key)
     try:
-        check_model_file(model)
-        import uvicorn
-        from llama_cpp.server.app import create_app
-        from llama_cpp.server.settings import ModelSettings, ServerSettings
-    except ModelError as e:
+        code = serve_forever(opts, _current_tools() / "llama-server", log or default_log(port), err)
+    except (ServerError, ModelError) as e:
         fail(str(e))
-    except ImportError as e:
-        fail(f"the server needs extra packages ({e.name}): pip install -e '.[server]'")
-    t = threads or physical_cores()
-    settings = ModelSettings(model=str(model), model_alias=alias or model.stem, n_ctx=ctx, n_threads=t,
-                             n_threads_batch=t, verbose=False)
-    app_ = create_app(server_settings=ServerSettings(host=host, port=port), model_settings=[settings])
-    err.print(f"serving {model.name} as '{settings.model_alias}' on http://{host}:{port}/v1")
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    raise typer.Exit(code)
+
+
+@app.command()
+def loadtest(
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="Start `bitnet serve` on this GGUF for the test."),
+    url: Optional[str] = typer.Option(None, "--url", help="Or test a running server (e.g. http://127.0.0.1:8080)."),
+    clients: str = typer.Option("1,4,8,16", "--clients", help="Concurrent streaming clients, one level each."),
+    requests: int = typer.Option(4, "--requests", help="Requests per client at each level."),
+    n_gen: int = typer.Option(64, "-n", help="Tokens generated per request."),
+    parallel: Optional[int] = typer.Option(None, "--parallel", "-np", help="Server slots (with -m)."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Server threads (with -m)."),
+    time_limit: float = typer.Option(300.0, "--time-limit", help="No request starts after this many seconds per level."),
+    outdir: Path = typer.Option(Path("loadtest-results"), "--outdir", help="Where the JSON, CSV and PNG go."),
+    api_key: Optional[str] = typer.Option(None, "--api-key"),
+):
+    """Aggregate tokens/s, time to first token and inter-token latency of a server under C
+    concurrent streaming clients (a table, JSON, CSV and a PNG plot)."""
+    from contextlib import nullcontext
+    from . import loadtest as lt
+    from .bench import parse_threads
+    from .server import ServeOptions, ServerError, free_port, models, running
+    if (model is None) == (url is None):
+        fail("give either -m MODEL (a server is started for the test) or --url of a running server")
+    try:
+        levels_c = parse_threads(clients)
+    except ValueError:
+        fail(f"--clients {clients!r} is not a list of positive integers like 1,4,8,16")
+    ctx = nullcontext((url.rstrip("/"), None)) if url else running(
+        ServeOptions(model=model, port=free_port(), parallel=parallel or max(levels_c), ctx=max(512, 2 * n_gen + 256),
+                     threads=threads or 0, api_key=api_key), _current_tools() / "llama-server")
+    results = []
+    try:
+        with ctx as (base, proc):
+            name = models(base)[0]
+            with err.status("load test") as status:
+                for c in levels_c:
+                    status.update(f"{c} concurrent clients x {requests} requests of {n_gen} tokens")
+                    results.append(lt.run_level(base, name, c, requests, n_gen, time_limit, api_key=api_key))
+    except ServerError as e:
+        fail(str(e))
+    title = f"load test: {name}, {requests} requests x {n_gen} tokens per client"
+    lt.render(results, title, console)
+    import shlex
+    meta = {"model": name, "url": url, "requests_per_client": requests, "n_gen": n_gen,
+            "command": "bitnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
+    for p in lt.write_outputs(results, meta, outdir, f"loadtest-{Path(name).stem}"):
+        console.print(f"wrote {p}")
+    if any(lv.errors for lv in results):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -32,8 +32,8 @@ VENDOR = ROOT / "vendor"
 PATCHES = ROOT / "patches"
 BUILD = ROOT / "build"
 
-TOOLS = ["llama-quantize", "llama-bench", "llama-perplexity", "llama-completion", "test-quantize-fns", "test-backend-ops",
-         "bitnet-logits"]
+TOOLS = ["llama-quantize", "llama-bench", "llama-batched-bench", "llama-perplexity", "llama-completion", "llama-server",
+         "test-quantize-fns", "test-backend-ops", "bitnet-logits"]
 
 # Debian packages that provide the build tools, for the error message when one is missing
 BUILD_REQUIREMENTS = {"cmake": "cmake", "cc": "gcc", "c++": "g++", "ninja": "ninja-build", "git": "git"}
@@ -79,18 +79,21 @@ FLAVORS = {
     # plain ARMv8.2 with dot product, for aarch64 machines
     "armv8": ["-DGGML_NATIVE=OFF", "-DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod"],
 }
-COMMON_CMAKE = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-                "-DLLAMA_BUILD_SERVER=OFF"]
+COMMON_CMAKE = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"]
+# llama-server without its web UI: no npm at build time, no download of prebuilt assets (the
+# sdist carries the UI's sources only); the API endpoints are all there
+SERVER_CMAKE = ["-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF"]
 
 
 def wheel_cmake_args(flavor: str) -> list[str]:
     """CMake arguments of the llama-cpp-python wheel (the library `import llama_cpp` loads)."""
-    return FLAVORS[flavor] + COMMON_CMAKE + ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_TOOLS=OFF"]
+    return FLAVORS[flavor] + COMMON_CMAKE + ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_SERVER=OFF"]
 
 
 def tools_cmake_args(flavor: str) -> list[str]:
     """CMake arguments of llama.cpp's own tools and tests built from the same tree."""
-    return ["-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_TOOLS=ON", *COMMON_CMAKE, *FLAVORS[flavor], *cross_cmake(flavor)]
+    return ["-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_TOOLS=ON", *COMMON_CMAKE, *SERVER_CMAKE, *FLAVORS[flavor],
+            *cross_cmake(flavor)]
 
 
 def host_is_aarch64() -> bool:
