@@ -349,6 +349,8 @@ def serve(
     threads: Optional[int] = typer.Option(None, "-t", "--threads"),
     alias: Optional[str] = typer.Option(None, "--alias", help="Model name clients use (default: file stem)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Require this bearer key from clients."),
+    cache_ram: int = typer.Option(2048, "--cache-ram", help="MiB of host RAM for finished requests' KV states "
+                                  "(a returning conversation skips its prompt); 0 disables it."),
     log: Optional[Path] = typer.Option(None, "--log-file", help="Server log (default: in the temp directory)."),
 ):
     """OpenAI-compatible server for many users at once: llama.cpp's llama-server from our build
@@ -358,7 +360,7 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err.print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the model")
     opts = ServeOptions(model=model, host=host, port=port, parallel=parallel or 0, ctx=ctx, threads=threads or 0,
-                        alias=alias, api_key=api_key)
+                        alias=alias, api_key=api_key, cache_ram_mib=cache_ram)
     try:
         code = serve_forever(opts, _current_tools() / "llama-server", log or default_log(port), err)
     except (ServerError, ModelError) as e:

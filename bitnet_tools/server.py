@@ -50,6 +50,9 @@ class ServeOptions:
     threads: int = 0           # 0: physical cores
     alias: str | None = None   # the model name clients send and /v1/models lists (default: file stem)
     api_key: str | None = None
+    # host-RAM cache of finished requests' KV states, so a returning conversation skips its
+    # prompt (llama.cpp's default, 8 GiB, is a third of a 24 GiB machine); 0 disables it
+    cache_ram_mib: int = 2048
 
     def command(self, binary: Path) -> list[str]:
         parallel = self.parallel or default_parallel()
@@ -57,7 +60,7 @@ class ServeOptions:
         cmd = [str(binary), "-m", str(self.model), "--host", self.host, "--port", str(self.port),
                "-np", str(parallel), "-c", str(self.ctx * parallel), "--cont-batching",
                "-t", str(threads), "-tb", str(threads), "--alias", self.alias or self.model.stem,
-               "--jinja", "--no-webui", "--metrics"]
+               "--cache-ram", str(self.cache_ram_mib), "--jinja", "--no-webui", "--metrics"]
         if self.api_key:
             cmd += ["--api-key", self.api_key]
         return cmd
@@ -125,15 +128,18 @@ def start(opts: ServeOptions, binary: Path, log: Path) -> subprocess.Popen:
         proc = subprocess.Popen(opts.command(binary), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 preexec_fn=_die_with_parent)
     deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServerError(f"llama-server stopped while loading {opts.model.name} (exit {proc.returncode}): "
-                              f"{_last_error(log)} (full log: {log})")
-        if health(opts.url, timeout=1.0) == 200:
-            return proc
-        time.sleep(0.2)
-    stop(proc)
-    raise ServerError(f"llama-server did not become ready in {READY_TIMEOUT:.0f} s (full log: {log})")
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ServerError(f"llama-server stopped while loading {opts.model.name} (exit {proc.returncode}): "
+                                  f"{_last_error(log)} (full log: {log})")
+            if health(opts.url, timeout=1.0) == 200:
+                return proc
+            time.sleep(0.2)
+        raise ServerError(f"llama-server did not become ready in {READY_TIMEOUT:.0f} s (full log: {log})")
+    except BaseException:  # not ready, or Ctrl-C while loading: no server is left behind
+        stop(proc)
+        raise
 
 
 def stop(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> int:
@@ -174,12 +180,22 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def serve_forever(opts: ServeOptions, binary: Path, log: Path, console) -> int:
-    """`bitnet serve`: start, say where, wait until Ctrl-C or the server stops; its exit code."""
-    proc = start(opts, binary, log)
+    """`bitnet serve`: start, say where, wait until Ctrl-C (or SIGTERM) or the server stops; the
+    exit code (130 when interrupted while loading)."""
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop is a Ctrl-C
+    try:
+        proc = start(opts, binary, log)
+    except KeyboardInterrupt:
+        console.print("interrupted while loading: stopped")
+        return 130
     parallel = opts.parallel or default_parallel()
     console.print(f"llama-server (pid {proc.pid}) serving {opts.model.name} as '{opts.alias or opts.model.stem}' at "
-                  f"{opts.url}/v1 ({parallel} slots of {opts.ctx} tokens, continuous batching); log: {log}; "
+                  f"{opts.url}/v1 ({parallel} slots of up to {opts.ctx} tokens, continuous batching); log: {log}; "
                   "Ctrl-C stops it", highlight=False)
     try:
         code = proc.wait()
