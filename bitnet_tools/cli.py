@@ -159,8 +159,12 @@ def _fastest_type(fetch, ggufs: dict, checkpoint: bool, threads: Optional[int]) 
             shape = shape_of(_read_gguf(path), path)
     except ConvertError as e:
         fail(str(e))
-    with err.status("measuring which ternary type generates fastest on this CPU") as status:
-        choice = run_guarded(choose, shape, _current_tools(), threads, progress=lambda s: status.update(s))
+    from .bench import BenchError
+    try:
+        with err.status("measuring which ternary type generates fastest on this CPU") as status:
+            choice = run_guarded(choose, shape, _current_tools(), threads, progress=lambda s: status.update(s))
+    except BenchError as e:
+        fail(f"measuring the fastest type failed ({e}): give the type with -q")
     console.print(choice.summary(), highlight=False)
     return choice.type
 
