@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -194,8 +195,11 @@ def serve_forever(opts: ServeOptions, binary: Path, log: Path, console) -> int:
         console.print("interrupted while loading: stopped")
         return 130
     parallel = opts.parallel or default_parallel()
+    # llama.cpp caps a slot's context at the model's training context: say what it really is
+    found = re.search(r"n_ctx_slot = (\d+)", log.read_text(errors="replace"))
+    slot_ctx = int(found.group(1)) if found else opts.ctx
     console.print(f"llama-server (pid {proc.pid}) serving {opts.model.name} as '{opts.alias or opts.model.stem}' at "
-                  f"{opts.url}/v1 ({parallel} slots of up to {opts.ctx} tokens, continuous batching); log: {log}; "
+                  f"{opts.url}/v1 ({parallel} slots of {slot_ctx} tokens, continuous batching); log: {log}; "
                   "Ctrl-C stops it", highlight=False)
     try:
         code = proc.wait()
