@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 import tiny_checkpoints
-from bitnet_tools import dummy, fastest, quants  # noqa: F401
+from bitnet_tools import dummy, fastest
 from bitnet_tools.cli import app
 from bitnet_tools.transcode import ternary, transcode
 from local_hub import LocalHub

@@ -23,7 +23,6 @@ SHAPE = dummy.Shape(256, 2, 768, 4, 2, 300)
 @pytest.fixture(scope="module")
 def i2_s_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("src") / "tiny-i2_s.gguf"
-    from dataclasses import replace
     dummy.SHAPES["_transcode_test"] = SHAPE
     try:
         return dummy.write(path, "_transcode_test", "i2_s", embd_type_name="q8_0", seed=5)
