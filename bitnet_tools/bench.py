@@ -287,15 +287,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def machine_info() -> dict:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "engine_key": _engine_key()}
+    from .runtime import cpu_model
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "engine_key": _engine_key()}
 
 
 def _engine_key() -> str:

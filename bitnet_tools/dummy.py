@@ -59,10 +59,22 @@ CHUNK = 1 << 22  # elements generated at a time
 WEIGHT_SCALE = 0.02
 
 
+def layer_matrices(shape: Shape) -> list[tuple[str, int, int]]:
+    """(name, rows, row width) of one layer's BitLinear weights."""
+    e, f = shape.n_embd, shape.n_ff
+    kv = e // shape.n_head * shape.n_head_kv
+    return [("attn_q", e, e), ("attn_k", kv, e), ("attn_v", kv, e), ("attn_output", e, e),
+            ("ffn_gate", f, e), ("ffn_up", f, e), ("ffn_down", e, f)]
+
+
+def layer_norms(shape: Shape) -> list[tuple[str, int]]:
+    """(name, width) of one layer's norm weights (f32)."""
+    e = shape.n_embd
+    return [("attn_norm", e), ("attn_sub_norm", e), ("ffn_norm", e), ("ffn_sub_norm", shape.n_ff)]
+
+
 def n_params(shape: Shape) -> int:
-    head = shape.n_embd // shape.n_head
-    kv = head * shape.n_head_kv
-    per_layer = 2 * shape.n_embd * shape.n_embd + 2 * shape.n_embd * kv + 3 * shape.n_embd * shape.n_ff
+    per_layer = sum(rows * cols for _, rows, cols in layer_matrices(shape))
     return shape.n_layer * per_layer + shape.n_vocab * shape.n_embd
 
 
@@ -134,15 +146,13 @@ def vocab(n_vocab: int) -> tuple[list[bytes], list[float], list[int]]:
 
 def tensors(shape: Shape, qtype: T, embd_type: T, seed: int = 0) -> list[PendingTensor]:
     rng = np.random.default_rng(seed)
-    e, f = shape.n_embd, shape.n_ff
-    kv = e // shape.n_head * shape.n_head_kv
+    e = shape.n_embd
     out = [PendingTensor("token_embd.weight", (shape.n_vocab, e), embd_type, _embedding(rng, shape.n_vocab, e, embd_type))]
     for i in range(shape.n_layer):
         b = f"blk.{i}."
-        for name, n in (("attn_norm", e), ("attn_sub_norm", e), ("ffn_norm", e), ("ffn_sub_norm", f)):
+        for name, n in layer_norms(shape):
             out.append(PendingTensor(b + name + ".weight", (n,), T.F32, _ones(n)))
-        for name, rows, cols in (("attn_q", e, e), ("attn_k", kv, e), ("attn_v", kv, e), ("attn_output", e, e),
-                                 ("ffn_gate", f, e), ("ffn_up", f, e), ("ffn_down", e, f)):
+        for name, rows, cols in layer_matrices(shape):
             t = ternary_type_for(cols, qtype)
             out.append(PendingTensor(b + name + ".weight", (rows, cols), t, _ternary(rng, rows, cols, t)))
     out.append(PendingTensor("output_norm.weight", (e,), T.F32, _ones(e)))

@@ -23,8 +23,8 @@ import numpy as np
 from gguf.constants import GGMLQuantizationType as T
 
 from . import engine, quants
-from .dummy import Shape, metadata
-from .runtime import physical_cores
+from .dummy import Shape, layer_matrices, layer_norms, metadata
+from .runtime import cpu_model, physical_cores
 from .writer import PendingTensor, write_gguf
 
 CACHE = engine.BUILD / "fastest-type.json"
@@ -47,16 +47,6 @@ class Choice:
         how = "cached measurement" if self.cached else "measured"
         return (f"fastest type here: {self.type} ({how}: generation t/s on a {self.probe_layers}-layer probe with "
                 f"the model's widths, {self.threads} thread{'s' if self.threads > 1 else ''}: {figures}; -q overrides)")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return os.uname().machine
 
 
 def cache_key(shape: Shape, threads: int) -> str:
@@ -82,9 +72,7 @@ def _store(choice: Choice) -> None:
 
 
 def probe_layers(shape: Shape) -> int:
-    e, f = shape.n_embd, shape.n_ff
-    kv = e // shape.n_head * shape.n_head_kv
-    layer_bytes = (2 * e * e + 2 * kv * e + 3 * e * f) // 4
+    layer_bytes = sum(rows * cols for _, rows, cols in layer_matrices(shape)) // 4
     return max(1, min(shape.n_layer, math.ceil(PROBE_BYTES / layer_bytes)))
 
 
@@ -98,7 +86,7 @@ def write_probe(path: Path, shape: Shape, qtype: T, codes: dict) -> Path:
     ts = [PendingTensor("token_embd.weight", (shape.n_vocab, e), T.F16, lambda: embd)]
     ones = {n: np.ones(n, np.float32) for n in (e, shape.n_ff)}
     for i in range(shape.n_layer):
-        for name, n in (("attn_norm", e), ("attn_sub_norm", e), ("ffn_norm", e), ("ffn_sub_norm", shape.n_ff)):
+        for name, n in layer_norms(shape):
             ts.append(PendingTensor(f"blk.{i}.{name}.weight", (n,), T.F32, lambda n=n: ones[n]))
         for name, q in codes.items():
             ts.append(PendingTensor(f"blk.{i}.{name}.weight", q.shape, qtype, lambda name=name: packed[name]))
@@ -110,12 +98,8 @@ def write_probe(path: Path, shape: Shape, qtype: T, codes: dict) -> Path:
 def measure(shape: Shape, threads: int, candidates: list[str], tools: Path, progress=None) -> dict:
     """Best generation t/s of each candidate type on a probe of `shape`'s widths."""
     from .bench import run_one
-    e, f = shape.n_embd, shape.n_ff
-    kv = e // shape.n_head * shape.n_head_kv
     rng = np.random.default_rng(1)
-    codes = {name: rng.integers(-1, 2, size=(rows, cols), dtype=np.int8)
-             for name, rows, cols in (("attn_q", e, e), ("attn_k", kv, e), ("attn_v", kv, e), ("attn_output", e, e),
-                                      ("ffn_gate", f, e), ("ffn_up", f, e), ("ffn_down", e, f))}
+    codes = {name: rng.integers(-1, 2, size=(rows, cols), dtype=np.int8) for name, rows, cols in layer_matrices(shape)}
     best: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bitnet-probe-") as tmp:
         files = {}

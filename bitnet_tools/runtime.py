@@ -25,6 +25,17 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or the machine type where there is none."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return os.uname().machine
+
+
 class ModelError(ValueError):
     """The model file cannot be used; the message names the cause and the fix."""
 

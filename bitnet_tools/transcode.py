@@ -125,7 +125,7 @@ def ternary(t, i2s_layout: str = "x86") -> tuple[np.ndarray, np.float32]:
             except ValueError as e:
                 raise ConvertError(f"{t.name}: {e}: drop --i2s-layout arm64") from None
             # the ARM layout is a permutation of the same codes: re-packing it as ARM must give the bytes back
-            canonical = _pack_arm64(q)
+            canonical = i2_s.pack_codes_arm64(q)
             held = data[: m * n // 4]
         else:
             q, scale = quant.unpack(data, (m, n))
@@ -151,11 +151,6 @@ def ternary(t, i2s_layout: str = "x86") -> tuple[np.ndarray, np.float32]:
         raise ConvertError(f"{t.name} ({qtype.name}) has weight scale {float(scale)}, not a finite positive number "
                            "(damaged file): re-download or re-convert it")
     return q, np.float32(scale)
-
-
-def _pack_arm64(q: np.ndarray) -> np.ndarray:
-    c = (q.reshape(-1, 4, 16) + 1).astype(np.uint8) << np.array([6, 4, 2, 0], np.uint8).reshape(1, 4, 1)
-    return (c[:, 0] | c[:, 1] | c[:, 2] | c[:, 3]).reshape(-1)
 
 
 def _copy_metadata(reader: gguf.GGUFReader, new_file_type: int) -> Callable[[gguf.GGUFWriter], None]:

@@ -106,6 +106,12 @@ def unpack_arm64(data: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, 
     return q.reshape(shape), scale
 
 
+def pack_codes_arm64(q: np.ndarray) -> np.ndarray:
+    """The code bytes of `unpack_arm64`'s layout (to check a file read in it is canonical)."""
+    c = (np.asarray(q, dtype=np.int8).reshape(-1, 4, 16) + 1).astype(np.uint8) << _SHIFTS
+    return (c[:, 0] | c[:, 1] | c[:, 2] | c[:, 3]).reshape(-1)
+
+
 class I2_S(_Quant, qtype=GGMLQuantizationType.I2_S):
     """Whole-tensor quantizer: the scale is per tensor, so there are no independent blocks."""
 
