@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -64,11 +63,10 @@ def cached() -> dict:
 
 def _store(choice: Choice) -> None:
     entries = cached()
+    from .bench import _atomic_write
     entries[choice.key] = {k: v for k, v in asdict(choice).items() if k != "cached"}
     CACHE.parent.mkdir(parents=True, exist_ok=True)
-    tmp = CACHE.with_name(f".{CACHE.name}.partial")
-    tmp.write_text(json.dumps(entries, indent=1))
-    os.replace(tmp, CACHE)
+    _atomic_write(CACHE, json.dumps(entries, indent=1))
 
 
 def probe_layers(shape: Shape) -> int:
@@ -91,8 +89,7 @@ def write_probe(path: Path, shape: Shape, qtype: T, codes: dict) -> Path:
         for name, q in codes.items():
             ts.append(PendingTensor(f"blk.{i}.{name}.weight", q.shape, qtype, lambda name=name: packed[name]))
     ts.append(PendingTensor("output_norm.weight", (e,), T.F32, lambda: ones[e]))
-    file_type = next(t.file_type for t in quants.OURS.values() if t.qtype == qtype)
-    return write_gguf(path, "bitnet-b1.58", metadata(shape, "fastest-type-probe", file_type), ts)
+    return write_gguf(path, "bitnet-b1.58", metadata(shape, "fastest-type-probe", quants.BY_QTYPE[qtype].file_type), ts)
 
 
 def measure(shape: Shape, threads: int, candidates: list[str], tools: Path, progress=None) -> dict:
