@@ -3,6 +3,7 @@
 #include "ggml-common.h"
 
 #include "ggml-cpu-impl.h"
+#include "quants.h"
 #include "bitnet.h"
 
 #include <string.h>
@@ -318,4 +319,46 @@ void ggml_bitnet_mul_mat(const struct ggml_compute_params * params, struct ggml_
             bitnet_gemm(params, src0, s, nb1/sizeof(float), x, (int)(ir1 - ir0), y, stride, (int) ne11, wscale, scratch);
         }
     }
+}
+
+// ---------------------------------------------------------------- Q6_K head, few columns
+
+bool ggml_bitnet_mul_mat_q6_k(const struct ggml_compute_params * params, struct ggml_tensor * dst) {
+#if defined(GGML_BITNET_Q6_K_GEMM)
+    const struct ggml_tensor * src0 = dst->src[0];
+    const struct ggml_tensor * src1 = dst->src[1];
+    // one 2-D product of contiguous rows, as the output head is; anything else goes to ggml
+    if (params->use_ref || src0->type != GGML_TYPE_Q6_K || src1->type != GGML_TYPE_F32 ||
+        src1->ne[1] < 2 || src1->ne[1] > GGML_BITNET_Q6_K_MAX_COLS || ggml_nrows(src1) != src1->ne[1] ||
+        ggml_nrows(src0) != src0->ne[1] || !ggml_is_contiguous(src0) || src1->nb[0] != sizeof(float) ||
+        dst->nb[0] != sizeof(float) || src0->ne[0] % QK_K != 0) {
+        return false;
+    }
+    const int     ith = params->ith;
+    const int     nth = params->nth;
+    const int64_t n   = src0->ne[0];
+    const int64_t nr  = src0->ne[1];
+    const int64_t nc  = src1->ne[1];
+    const size_t  by  = ggml_row_size(GGML_TYPE_Q8_K, n);
+    char * const  wdata = (char *) params->wdata;
+    GGML_ASSERT(params->wsize >= by*(size_t) nc);  // ggml plans this much for Q6_K's Q8_K copy of src1
+
+    for (int64_t c = ith; c < nc; c += nth) {
+        quantize_row_q8_K((const float *) ((const char *) src1->data + c*src1->nb[1]), wdata + c*by, n);
+    }
+    ggml_barrier(params->threadpool);
+
+    const int64_t per = GGML_PAD((nr + nth - 1) / nth, 16);
+    const int64_t r0  = per * ith;
+    const int64_t r1  = MIN(r0 + per, nr);
+    if (r0 < r1) {
+        ggml_gemm_q6_k_q8_k((int) n, (float *) dst->data + r0, dst->nb[1] / sizeof(float), (const char *) src0->data + r0*src0->nb[1],
+                            src0->nb[1], wdata, by, (int)(r1 - r0), (int) nc);
+    }
+    return true;
+#else
+    GGML_UNUSED(params);
+    GGML_UNUSED(dst);
+    return false;
+#endif
 }

@@ -69,6 +69,18 @@ bool   ggml_bitnet_is_ternary(enum ggml_type type);
 // work buffer it needs with n_threads threads (the I8_S copy of src1, per-thread scratch)
 size_t ggml_bitnet_mul_mat_wsize(const struct ggml_tensor * dst, int n_threads);
 
+// MUL_MAT with a Q6_K src0 and 2 .. GGML_BITNET_Q6_K_MAX_COLS activation columns where this
+// architecture has a few-column kernel (the head of a ternary model in a batched decode step):
+// computes the op and returns true; false leaves it to ggml (other cases, --use-ref).
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define GGML_BITNET_Q6_K_GEMM
+#endif
+#define GGML_BITNET_Q6_K_MAX_COLS 32
+bool ggml_bitnet_mul_mat_q6_k(const struct ggml_compute_params * params, struct ggml_tensor * dst);
+// s[c*bs + r] = dot(Q6_K row r (rows bx bytes apart), Q8_K row c (by bytes apart)), n % 256 == 0
+void ggml_gemm_q6_k_q8_k(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
+                         const void * GGML_RESTRICT vy, size_t by, int nr, int nc);
+
 // Architectures without their own file use the generic kernels.
 #if !(defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86) || \
       defined(__aarch64__) || defined(_M_ARM64) || defined(__arm__) || defined(_M_ARM))

@@ -112,6 +112,18 @@ BITNET_INLINE int32_t bitnet_hsum512(__m512i acc) {
     return _mm512_reduce_add_epi32(_mm512_srav_epi32(acc, sh));
 }
 
+// The sums of four accumulators at once, [a, b, c, d]: pairs of lanes are added within each
+// 128-bit lane first, so the x64 lanes (lower half) and x16 lanes (upper half) stay apart until
+// one shift scales them back. The shift is exact: sums of multiples of 64 (16) are multiples of 64 (16).
+BITNET_INLINE __m128i bitnet_hsum4x512(__m512i a, __m512i b, __m512i c, __m512i d) {
+    const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+    __m512i t = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+    t = _mm512_srav_epi32(t, _mm512_inserti64x4(_mm512_set1_epi32(6), _mm256_set1_epi32(4), 1));
+    const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(t), _mm512_extracti64x4_epi64(t, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
 // R weight rows x C activation columns, full row length
 BITNET_INLINE void bitnet_tile512(int ng, float * GGML_RESTRICT s, size_t bs, const block_i2_s * GGML_RESTRICT x, size_t bx,
                                   const int8_t * GGML_RESTRICT y, size_t by, float wscale, const int R, const int C) {
@@ -122,7 +134,14 @@ BITNET_INLINE void bitnet_tile512(int ng, float * GGML_RESTRICT s, size_t bs, co
             acc[r][c] = _mm512_setzero_si512();
         }
     }
+    // The next R rows follow these in memory: fetch R*32 of their bytes per group, so that they
+    // arrive from DRAM while this tile computes (hardware prefetchers do not ramp up on rows this
+    // short, and with few columns the loads would otherwise stall the dot products).
+    const uint8_t * next = (const uint8_t *) x + R*bx;
     for (int g = 0; g < ng; ++g) {
+        for (int r = 0; r < R; r += 2) {
+            _mm_prefetch((const char *) next + g*R*32 + r*32, _MM_HINT_T0);
+        }
         __m512i q0[4], q1[4];
         for (int c = 0; c < C; ++c) {
             q0[c] = _mm512_loadu_si512((const void *)(y + c*by + g*QK_I2_S));
@@ -143,6 +162,12 @@ BITNET_INLINE void bitnet_tile512(int ng, float * GGML_RESTRICT s, size_t bs, co
         const int     n = ng*QK_I2_S;
         const int32_t sq = bitnet_row_sum(q, n);
         const float   d  = bitnet_row_d(q, n);
+        if (R == 4) {
+            // (float) isum * d * wscale for the 4 rows, in the generic kernel's order
+            const __m128i isum = _mm_sub_epi32(bitnet_hsum4x512(acc[0][c], acc[1][c], acc[2][c], acc[3][c]), _mm_set1_epi32(sq));
+            _mm_storeu_ps(s + c*bs, _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(isum), _mm_set1_ps(d)), _mm_set1_ps(wscale)));
+            continue;
+        }
         for (int r = 0; r < R; ++r) {
             const int32_t isum = bitnet_hsum512(acc[r][c]) - sq;
             s[c*bs + r] = (float) isum * d * wscale;
@@ -321,7 +346,11 @@ BITNET_INLINE void bitnet_tile256(int ng, float * GGML_RESTRICT s, size_t bs, co
             acc[r][c] = _mm256_setzero_si256();
         }
     }
+    const uint8_t * next = (const uint8_t *) x + R*bx;  // the next R rows, fetched as in bitnet_tile512
     for (int g = 0; g < ng; ++g) {
+        if (g % 2 == 0) {
+            _mm_prefetch((const char *) next + g*R*32, _MM_HINT_T0);
+        }
         __m256i w[2][4];
         for (int r = 0; r < R; ++r) {
             const __m256i v = _mm256_loadu_si256((const __m256i *) bitnet_i2s_group(x, bx, r, g));

@@ -267,9 +267,12 @@ static const int32_t tlk_const[5] = { 0x01010101, 0x0F0F0F0F, 0x10101010, 0x6040
     TLK_RUN(RUN)                                                                                                           \
     TLK_ZERO_HI                                                                                                            \
     ".p2align 6\n\t"  /* the loop starts a cache line: its speed does not move with the code before it */              \
-    "1:\n\t"
+    "1:\n\t"                                                                                                              \
+    "prefetcht0 (%[pl])\n\t"                                                                                              \
+    "prefetcht0 64(%[pl])\n\t"
 #define TLK_LOOP_TAIL(XB, LB, ONES, T)                                                                                     \
     "add        $" #XB ", %[x]\n\t"                                                                                       \
+    "add        $3*" #XB ", %[pl]\n\t"                                                                                    \
     "add        $" #LB ", %[lut]\n\t"                                                                                     \
     "dec        %[cnt]\n\t"                                                                                               \
     "jnz        1b\n\t"                                                                                                   \
@@ -278,17 +281,19 @@ static const int32_t tlk_const[5] = { 0x01010101, 0x0F0F0F0F, 0x10101010, 0x6040
     "jnz        2b\n\t"                                                                                                   \
     TLK_STORE_ALL
 #define TLK_OPERANDS                                                                                                       \
-    : [x] "+r" (x), [lut] "+r" (lut), [left] "+r" (left), [cnt] "=&r" (cnt)                                                \
+    : [x] "+r" (x), [lut] "+r" (lut), [left] "+r" (left), [cnt] "=&r" (cnt), [pl] "+r" (pl)                                \
     : [tb] "r" (tile_b), [lb] "r" (lut_b), [acc] "r" (acc), [k] "r" (tlk_const)                                            \
     : TLK_CLOBBERS
 
 static_assert(sizeof(block_tl2) == 40 && sizeof(tl2_table) == 256, "the TL2 loop below steps by these");
 static_assert(sizeof(block_tl1) == 32 && sizeof(tl1_table) == 128, "the TL1 loop below steps by these");
 
-// acc[3r + c] = int32 row sums of tile r (x + r*tile_b) with column c (LUT at lut + c*lut_b)
+// acc[3r + c] = int32 row sums of tile r (x + r*tile_b) with column c (LUT at lut + c*lut_b);
+// the next 3 tiles are prefetched as in tl_tiles (a batch of few columns waits on them otherwise)
 static void tl_tiles3x3_asm(int tl2, int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut,
                             size_t lut_b, __m512i * GGML_RESTRICT acc) {
     size_t left = (size_t) nch, cnt;
+    const uint8_t * pl = x + 3*tile_b;  // the next 3 tiles, fetched 3 chunks' bytes per chunk (see tl_tiles)
     if (tl2) {
         __asm__ volatile(
             "vpbroadcastd (%[k]), %%zmm27\n\t"
@@ -359,12 +364,13 @@ BITNET_INLINE void tl_tiles3x3(int tl2, int nch, const uint8_t * GGML_RESTRICT x
 #define TL_3X3(TYPE) NULL
 #endif
 
-// Token generation: 8 tiles share each table load and the next ones are prefetched (PF = 1).
-// Prompts: 3 tiles x 3 columns (asm) while 3 columns are left, then 4 x 2.
+// Token generation: 8 tiles share each table load. Batches: 3 tiles x 3 columns (asm) while 3
+// columns are left, then 4 x 2. Both prefetch the next tiles (PF = 1): with few columns (a
+// server's decode step) the weights come from DRAM as in token generation.
 #define TL_PLANS(TYPE, TL2)                                                                                                \
     TL_KERNEL(TYPE, TL2, 8, 1, 1) TL_KERNEL(TYPE, TL2, 2, 1, 1)                                                            \
-    TL_KERNEL(TYPE, TL2, 3, 2, 0) TL_KERNEL(TYPE, TL2, 3, 1, 0) TL_KERNEL(TYPE, TL2, 4, 2, 0)                              \
-    TL_KERNEL(TYPE, TL2, 4, 1, 0) TL_KERNEL(TYPE, TL2, 1, 1, 0) TL_KERNEL_3X3(TYPE, TL2)                                   \
+    TL_KERNEL(TYPE, TL2, 3, 2, 1) TL_KERNEL(TYPE, TL2, 3, 1, 1) TL_KERNEL(TYPE, TL2, 4, 2, 1)                              \
+    TL_KERNEL(TYPE, TL2, 4, 1, 1) TL_KERNEL(TYPE, TL2, 1, 1, 0) TL_KERNEL_3X3(TYPE, TL2)                                   \
     static const struct bitnet_tl_rung TYPE##_gen[] = {                                                                    \
         { 8, 1, { NULL, TYPE##_tiles_8x1 } },                                                                              \
         { 2, 1, { NULL, TYPE##_tiles_2x1 } },                                                                              \
