@@ -29,3 +29,14 @@ def ggml_base():
 
 def run(cmd: list, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
+
+
+def mul_mat_columns(stdout: str, type_a: str) -> set[int]:
+    """The activation column counts n of test-backend-ops MUL_MAT cases of type_a that passed.
+    The kernels must see every n of a server's decode step (1 .. 32) and past it."""
+    import re
+    return {int(m.group(1)) for line in stdout.splitlines() if f"type_a={type_a}," in line and line.rstrip().endswith("OK")
+            for m in [re.search(r",n=(\d+),", line)] if m}
+
+
+ALL_COLUMNS = set(range(1, 34))

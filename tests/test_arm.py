@@ -23,6 +23,7 @@ import pytest
 from gguf.constants import GGMLQuantizationType as T
 
 from bitnet_tools import dummy, engine
+from conftest import ALL_COLUMNS, mul_mat_columns
 from bitnet_tools.quants import I2_S
 from bitnet_tools.writer import PendingTensor, write_gguf
 
@@ -178,6 +179,7 @@ def test_backend_ops_mul_mat(arm_bin, name, min_ok):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     n_ok = sum(1 for line in r.stdout.splitlines() if f"type_a={name}," in line and "OK" in line)
     assert n_ok >= min_ok and "FAIL" not in r.stdout, r.stdout[-3000:]
+    assert mul_mat_columns(r.stdout, name) >= ALL_COLUMNS
 
 
 def _write_i2_s(path, shape, weights):

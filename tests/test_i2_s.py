@@ -14,7 +14,7 @@ from bitnet_tools.quants import I2_S, i2_s
 from bitnet_tools.writer import PendingTensor, write_gguf
 from gguf.constants import GGMLQuantizationType as T
 
-from conftest import run
+from conftest import ALL_COLUMNS, mul_mat_columns, run
 
 
 def _c_quantize_i2_s(lib, x: np.ndarray) -> np.ndarray:
@@ -105,6 +105,20 @@ def test_backend_ops_mul_mat_i2_s(tools):
     assert r.returncode == 0, r.stdout[-3000:]
     n_ok = sum(1 for line in r.stdout.splitlines() if "type_a=i2_s" in line and "OK" in line)
     assert n_ok >= 130 and "FAIL" not in r.stdout
+    assert mul_mat_columns(r.stdout, "i2_s") >= ALL_COLUMNS
+
+
+@pytest.mark.slow
+def test_backend_ops_q6_k_head_few_columns(tools):
+    """The Q6_K head of a batched decode step: where the CPU has AVX-512 VNNI, our kernel for 2..32
+    columns (it decodes each block once for all of them) against ggml's reference, every n."""
+    lib = next(tools.glob("libggml-cpu.so.*.*"))
+    flags = open("/proc/cpuinfo").read()
+    if "avx512_vnni" in flags and "avx512bw" in flags:  # compiled in: else ggml's own path runs
+        assert "ggml_gemm_q6_k_q8_k" in run(["nm", "-D", lib]).stdout
+    r = run([tools / "test-backend-ops", "test", "-b", "CPU", "-o", "MUL_MAT", "-p", "type_a=q6_K,"])
+    assert r.returncode == 0 and "FAIL" not in r.stdout, r.stdout[-3000:]
+    assert mul_mat_columns(r.stdout, "q6_K") >= ALL_COLUMNS
 
 
 # ---------------------------------------------------------------- a file made byte by byte
@@ -325,6 +339,7 @@ def test_avx2_only_build_passes_the_same_checks():
         r = run([bindir / "test-backend-ops", "test", "-b", "CPU", "-o", "MUL_MAT", "-p", f"type_a={name}"])
         assert r.returncode == 0 and "FAIL" not in r.stdout, r.stdout[-3000:]
         assert sum(f"type_a={name}," in line and "OK" in line for line in r.stdout.splitlines()) >= 130
+        assert mul_mat_columns(r.stdout, name) >= ALL_COLUMNS
     # and this build really has no AVX-512: no zmm register anywhere in its CPU backend
     lib = next(bindir.glob("libggml-cpu.so*"))
     asm = run(["objdump", "-d", "--no-show-raw-insn", lib]).stdout

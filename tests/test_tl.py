@@ -13,7 +13,7 @@ from bitnet_tools import dummy
 from bitnet_tools.quants import TL1, TL2, i2_s
 from bitnet_tools.writer import PendingTensor, write_gguf
 
-from conftest import run
+from conftest import ALL_COLUMNS, mul_mat_columns, run
 from test_i2_s import _logits, _reference_logits, _tiny_weights
 
 CLASSES = {"tl1": (TL1, T.TL1), "tl2": (TL2, T.TL2)}
@@ -90,6 +90,7 @@ def test_backend_ops_mul_mat_tl(tools, name):
     assert r.returncode == 0, r.stdout[-3000:]
     n_ok = sum(1 for line in r.stdout.splitlines() if f"type_a={name}," in line and "OK" in line)
     assert n_ok >= 160 and "FAIL" not in r.stdout
+    assert mul_mat_columns(r.stdout, name) >= ALL_COLUMNS
 
 
 def _write_tl(path, shape, weights, scale, qtype):
