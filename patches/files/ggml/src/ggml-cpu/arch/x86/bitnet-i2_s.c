@@ -175,6 +175,93 @@ BITNET_INLINE void bitnet_tile512(int ng, float * GGML_RESTRICT s, size_t bs, co
     }
 }
 
+#if defined(__GNUC__)
+// The 4 x 4 tile (prompts and batched decoding) in inline asm: GCC's allocation of bitnet_tile512
+// at this size copies the accumulators every group, spills two of them and reads each activation
+// vector from memory four times (measured alone on L2-resident data: 1.2-1.4x faster here).
+// zmm0-15 hold the sums (row r, column c: 4r + c) for the whole row, zmm16-23 one group's
+// activations of the 4 columns (q[0..63], q[64..127]), zmm24 the mask, zmm25/26 one row's
+// masked codes; pl walks the next tile's bytes, 128 per group.
+#define BITNET_T4_ROW(XA, A0, A1, A2, A3)                 \
+    "vbroadcasti64x4 " XA ", %%zmm25\n\t"                 \
+    "vpsllq    $4, %%zmm25, %%zmm26\n\t"                  \
+    "vpandd    %%zmm24, %%zmm25, %%zmm25\n\t"             \
+    "vpandd    %%zmm24, %%zmm26, %%zmm26\n\t"             \
+    "vpdpbusd  %%zmm16, %%zmm25, %%zmm" #A0 "\n\t"        \
+    "vpdpbusd  %%zmm17, %%zmm25, %%zmm" #A1 "\n\t"        \
+    "vpdpbusd  %%zmm18, %%zmm25, %%zmm" #A2 "\n\t"        \
+    "vpdpbusd  %%zmm19, %%zmm25, %%zmm" #A3 "\n\t"        \
+    "vpdpbusd  %%zmm20, %%zmm26, %%zmm" #A0 "\n\t"        \
+    "vpdpbusd  %%zmm21, %%zmm26, %%zmm" #A1 "\n\t"        \
+    "vpdpbusd  %%zmm22, %%zmm26, %%zmm" #A2 "\n\t"        \
+    "vpdpbusd  %%zmm23, %%zmm26, %%zmm" #A3 "\n\t"
+
+static void bitnet_tile512_4x4_asm(int ng, float * GGML_RESTRICT s, size_t bs, const block_i2_s * GGML_RESTRICT x, size_t bx,
+                                   const int8_t * GGML_RESTRICT y, size_t by, float wscale) {
+    __m512i acc[16];
+    const __m512i   m   = bitnet_mask512();
+    const uint8_t * x0  = (const uint8_t *) x;
+    const int8_t  * y0  = y;
+    const uint8_t * pl  = x0 + 4*bx;
+    size_t          cnt = (size_t) ng;
+    const size_t    bx3 = 3*bx, by3 = 3*by;
+    static_assert(sizeof(block_i2_s) == 32, "the loop below steps by one group of codes");
+    __asm__ volatile(
+        "vmovdqa64 %[m], %%zmm24\n\t"
+        "vpxord    %%zmm0, %%zmm0, %%zmm0\n\t"   "vpxord    %%zmm1, %%zmm1, %%zmm1\n\t"
+        "vpxord    %%zmm2, %%zmm2, %%zmm2\n\t"   "vpxord    %%zmm3, %%zmm3, %%zmm3\n\t"
+        "vpxord    %%zmm4, %%zmm4, %%zmm4\n\t"   "vpxord    %%zmm5, %%zmm5, %%zmm5\n\t"
+        "vpxord    %%zmm6, %%zmm6, %%zmm6\n\t"   "vpxord    %%zmm7, %%zmm7, %%zmm7\n\t"
+        "vpxord    %%zmm8, %%zmm8, %%zmm8\n\t"   "vpxord    %%zmm9, %%zmm9, %%zmm9\n\t"
+        "vpxord    %%zmm10, %%zmm10, %%zmm10\n\t" "vpxord    %%zmm11, %%zmm11, %%zmm11\n\t"
+        "vpxord    %%zmm12, %%zmm12, %%zmm12\n\t" "vpxord    %%zmm13, %%zmm13, %%zmm13\n\t"
+        "vpxord    %%zmm14, %%zmm14, %%zmm14\n\t" "vpxord    %%zmm15, %%zmm15, %%zmm15\n\t"
+        ".p2align 6\n\t"  // the loop starts a cache line: its speed does not move with the code before it
+        "1:\n\t"
+        "prefetcht0 (%[pl])\n\t"
+        "prefetcht0 64(%[pl])\n\t"
+        "vmovdqu64 (%[y0]), %%zmm16\n\t"
+        "vmovdqu64 (%[y0],%[by]), %%zmm17\n\t"
+        "vmovdqu64 (%[y0],%[by],2), %%zmm18\n\t"
+        "vmovdqu64 (%[y0],%[by3]), %%zmm19\n\t"
+        "vmovdqu64 64(%[y0]), %%zmm20\n\t"
+        "vmovdqu64 64(%[y0],%[by]), %%zmm21\n\t"
+        "vmovdqu64 64(%[y0],%[by],2), %%zmm22\n\t"
+        "vmovdqu64 64(%[y0],%[by3]), %%zmm23\n\t"
+        BITNET_T4_ROW("(%[x0])",         0, 1, 2, 3)
+        BITNET_T4_ROW("(%[x0],%[bx])",   4, 5, 6, 7)
+        BITNET_T4_ROW("(%[x0],%[bx],2)", 8, 9, 10, 11)
+        BITNET_T4_ROW("(%[x0],%[bx3])",  12, 13, 14, 15)
+        "add  $32, %[x0]\n\t"
+        "sub  $-128, %[y0]\n\t"
+        "sub  $-128, %[pl]\n\t"
+        "dec  %[cnt]\n\t"
+        "jnz  1b\n\t"
+        "vmovdqu64 %%zmm0, (%[acc])\n\t"     "vmovdqu64 %%zmm1, 64(%[acc])\n\t"
+        "vmovdqu64 %%zmm2, 128(%[acc])\n\t"  "vmovdqu64 %%zmm3, 192(%[acc])\n\t"
+        "vmovdqu64 %%zmm4, 256(%[acc])\n\t"  "vmovdqu64 %%zmm5, 320(%[acc])\n\t"
+        "vmovdqu64 %%zmm6, 384(%[acc])\n\t"  "vmovdqu64 %%zmm7, 448(%[acc])\n\t"
+        "vmovdqu64 %%zmm8, 512(%[acc])\n\t"  "vmovdqu64 %%zmm9, 576(%[acc])\n\t"
+        "vmovdqu64 %%zmm10, 640(%[acc])\n\t" "vmovdqu64 %%zmm11, 704(%[acc])\n\t"
+        "vmovdqu64 %%zmm12, 768(%[acc])\n\t" "vmovdqu64 %%zmm13, 832(%[acc])\n\t"
+        "vmovdqu64 %%zmm14, 896(%[acc])\n\t" "vmovdqu64 %%zmm15, 960(%[acc])\n\t"
+        : [x0] "+r" (x0), [y0] "+r" (y0), [pl] "+r" (pl), [cnt] "+r" (cnt)
+        : [m] "m" (m), [bx] "r" (bx), [bx3] "r" (bx3), [by] "r" (by), [by3] "r" (by3), [acc] "r" (acc)
+        : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+          "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22",
+          "xmm23", "xmm24", "xmm25", "xmm26");
+    const int n = ng*QK_I2_S;
+    for (int c = 0; c < 4; ++c) {
+        const int8_t * q = y + c*by;
+        // (float) isum * d * wscale for the 4 rows, in the generic kernel's order
+        const __m128i isum = _mm_sub_epi32(bitnet_hsum4x512(acc[c], acc[4 + c], acc[8 + c], acc[12 + c]),
+                                           _mm_set1_epi32(bitnet_row_sum(q, n)));
+        _mm_storeu_ps(s + c*bs, _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(isum), _mm_set1_ps(bitnet_row_d(q, n))), _mm_set1_ps(wscale)));
+    }
+}
+#define BITNET_I2S_TILE_4X4 bitnet_tile512_4x4_asm
+#endif
+
 // nc == 1 (token generation): weights stream through once, so the kernel is bound by how fast
 // code bytes are consumed. Rows are read 64 bytes (two groups) per load; the activation row is
 // first rearranged (once per call) so that each zmm of codes pairs with ready-made vectors:
@@ -470,7 +557,13 @@ BITNET_I2S_KERNELS_R(BITNET_I2S_R)
 #define BITNET_I2S_FULL(R) { NULL, bitnet_i2s_tile_##R##x1, bitnet_i2s_tile_##R##x2, bitnet_i2s_tile_##R##x3, bitnet_i2s_tile_##R##x4 }
 #define BITNET_I2S_TABLE(R) { R, 4, BITNET_I2S_FULL(R), BITNET_I2S_FULL(1) }
 #define BITNET_I2S_TABLE_R(R) BITNET_I2S_TABLE(R)
+#if defined(BITNET_I2S_TILE_4X4)
+static const struct bitnet_i2s_tiles i2s_tiles = {
+    4, 4, { NULL, bitnet_i2s_tile_4x1, bitnet_i2s_tile_4x2, bitnet_i2s_tile_4x3, BITNET_I2S_TILE_4X4 }, BITNET_I2S_FULL(1)
+};
+#else
 static const struct bitnet_i2s_tiles i2s_tiles = BITNET_I2S_TABLE_R(BITNET_I2S_R);
+#endif
 #endif
 
 void ggml_gemm_i2_s_i8_s(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
