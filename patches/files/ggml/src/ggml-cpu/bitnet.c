@@ -292,6 +292,13 @@ void ggml_bitnet_mul_mat(const struct ggml_compute_params * params, struct ggml_
         return;
     }
 
+    // one 2-D I2_S product: rows handed out in chunks as threads finish (see below)
+    const bool chunked = !is_tl(src0->type) && ne12 == 1 && ne13 == 1;
+    const int64_t chunk = GGML_PAD(MAX(64, ne01 / (8*nth)), BITNET_ROW_TILE);
+    if (chunked && ith == 0) {
+        ggml_threadpool_chunk_set(params->threadpool, nth);  // each thread takes chunk ith first
+    }
+
     // 1. quantize every activation row to I8_S (rows shared among threads)
     for (int64_t r = ith; r < nrows1; r += nth) {
         const int64_t i13 = r / (ne11*ne12);
@@ -302,11 +309,23 @@ void ggml_bitnet_mul_mat(const struct ggml_compute_params * params, struct ggml_
     }
     ggml_barrier(params->threadpool);
 
-    // 2. each thread takes a slice of weight rows and multiplies it by all activation rows
+    // 2. each thread takes weight rows and multiplies them by all activation rows
+    const float wscale = weight_scale(src0);
+    if (chunked) {
+        // With equal halves one thread waits for the other whenever the host slows either down
+        // (2 shared vCPUs); chunks of rows, taken as threads finish, even that out. TL keeps
+        // the halves: each call builds lookup tables for all columns.
+        for (int64_t c = ith; c*chunk < ne01; c = ggml_threadpool_chunk_add(params->threadpool, 1)) {
+            const int64_t r0 = c*chunk;
+            const int64_t r1 = MIN(r0 + chunk, ne01);
+            bitnet_gemm(params, src0, (float *) dst->data + r0, nb1/sizeof(float), weight_rows(src0, 0, 0, r0), (int)(r1 - r0),
+                        wdata, stride, (int) ne11, wscale, scratch);
+        }
+        return;
+    }
     if (ir0 >= ir1) {
         return;
     }
-    const float wscale = weight_scale(src0);
 
     const int64_t r2 = ne12 / ne02;  // broadcast factors
     const int64_t r3 = ne13 / ne03;
@@ -343,15 +362,19 @@ bool ggml_bitnet_mul_mat_q6_k(const struct ggml_compute_params * params, struct 
     char * const  wdata = (char *) params->wdata;
     GGML_ASSERT(params->wsize >= by*(size_t) nc);  // ggml plans this much for Q6_K's Q8_K copy of src1
 
+    if (ith == 0) {
+        ggml_threadpool_chunk_set(params->threadpool, nth);  // each thread takes chunk ith first
+    }
     for (int64_t c = ith; c < nc; c += nth) {
         quantize_row_q8_K((const float *) ((const char *) src1->data + c*src1->nb[1]), wdata + c*by, n);
     }
     ggml_barrier(params->threadpool);
 
-    const int64_t per = GGML_PAD((nr + nth - 1) / nth, 16);
-    const int64_t r0  = per * ith;
-    const int64_t r1  = MIN(r0 + per, nr);
-    if (r0 < r1) {
+    // chunks of rows taken as threads finish, as in ggml_bitnet_mul_mat
+    const int64_t chunk = GGML_PAD(MAX(64, nr / (8*nth)), 16);
+    for (int64_t c = ith; c*chunk < nr; c = ggml_threadpool_chunk_add(params->threadpool, 1)) {
+        const int64_t r0 = c*chunk;
+        const int64_t r1 = MIN(r0 + chunk, nr);
         ggml_gemm_q6_k_q8_k((int) n, (float *) dst->data + r0, dst->nb[1] / sizeof(float), (const char *) src0->data + r0*src0->nb[1],
                             src0->nb[1], wdata, by, (int)(r1 - r0), (int) nc);
     }
