@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -87,16 +88,18 @@ def test_serve_streams_chat_completions_to_the_openai_client(tiny):
     port = _free_port()
     proc = subprocess.Popen(BITNET + ["serve", "-m", str(tiny), "--port", str(port), "--alias", "tiny"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
+    reader.start()
     try:
+        # `bitnet serve` says where it serves only once llama-server answers /health (before
+        # that llama-server answers 503 "Loading model"): that line is what a user waits for
+        deadline = time.time() + 120
+        while "Ctrl-C stops it" not in " ".join("".join(out).split()):
+            assert proc.poll() is None and time.time() < deadline, "".join(out)[-2000:] or "no output"
+            time.sleep(0.2)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=30, max_retries=0)
-        deadline = time.time() + 60
-        while True:
-            try:
-                assert [m.id for m in client.models.list().data] == ["tiny"]
-                break
-            except openai.APIConnectionError:
-                assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
-                time.sleep(0.5)
+        assert [m.id for m in client.models.list().data] == ["tiny"]
         stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
                                                 max_tokens=8, temperature=0, stream=True)
         pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
