@@ -12,9 +12,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-// the MUL_MAT driver in bitnet.c refers to the CPU backend's barrier; it is not called here
+// the MUL_MAT driver in bitnet.c refers to the CPU backend's barrier and its shared chunk
+// counter; the driver is not called here
 void ggml_barrier(struct ggml_threadpool * tp) {
     (void) tp;
+}
+
+void ggml_threadpool_chunk_set(struct ggml_threadpool * tp, int value) {
+    (void) tp; (void) value;
+}
+
+int ggml_threadpool_chunk_add(struct ggml_threadpool * tp, int value) {
+    (void) tp;
+    return value;
 }
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
