@@ -214,6 +214,12 @@ size_t ggml_bitnet_mul_mat_wsize(const struct ggml_tensor * dst, int n_threads) 
 
 // Weight rows per task: a multiple of the kernels' row tile, so that tiles stay whole.
 #define BITNET_ROW_TILE 16
+
+// Rows per chunk when threads take chunks as they finish: about 8 chunks per thread, at least
+// 64 rows, whole row tiles.
+static int64_t rows_per_chunk(int64_t nr, int nth) {
+    return GGML_PAD(MAX(64, nr / (8*nth)), BITNET_ROW_TILE);
+}
 // Longest activation row quantized into a per-thread stack buffer when there is one row.
 #define BITNET_GEMV_MAXK 16384
 
@@ -294,7 +300,7 @@ void ggml_bitnet_mul_mat(const struct ggml_compute_params * params, struct ggml_
 
     // one 2-D I2_S product: rows handed out in chunks as threads finish (see below)
     const bool chunked = !is_tl(src0->type) && ne12 == 1 && ne13 == 1;
-    const int64_t chunk = GGML_PAD(MAX(64, ne01 / (8*nth)), BITNET_ROW_TILE);
+    const int64_t chunk = rows_per_chunk(ne01, nth);
     if (chunked && ith == 0) {
         ggml_threadpool_chunk_set(params->threadpool, nth);  // each thread takes chunk ith first
     }
@@ -371,7 +377,7 @@ bool ggml_bitnet_mul_mat_q6_k(const struct ggml_compute_params * params, struct 
     ggml_barrier(params->threadpool);
 
     // chunks of rows taken as threads finish, as in ggml_bitnet_mul_mat
-    const int64_t chunk = GGML_PAD(MAX(64, nr / (8*nth)), 16);
+    const int64_t chunk = rows_per_chunk(nr, nth);
     for (int64_t c = ith; c*chunk < nr; c = ggml_threadpool_chunk_add(params->threadpool, 1)) {
         const int64_t r0 = c*chunk;
         const int64_t r1 = MIN(r0 + chunk, nr);
