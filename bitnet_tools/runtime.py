@@ -1,7 +1,10 @@
 """Loading models through the patched llama_cpp with sensible defaults."""
 from __future__ import annotations
 
+import ctypes
 import os
+import re
+from contextlib import contextmanager
 from pathlib import Path
 
 GGUF_MAGIC = b"GGUF"
@@ -65,8 +68,9 @@ def _refuse_bitnet_cpp_tl(path: Path) -> None:
         fields = gguf.GGUFReader(path).fields
     except UnknownTensorTypes as e:
         fields, unknown = e.fields, e.type_ids
-    except ValueError as e:
-        raise ModelError(f"{path} is not a readable GGUF file ({e}): convert the checkpoint again") from None
+    except Exception as e:  # a damaged file can break gguf-py's reader in many ways
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(f"{path} is not a readable GGUF file ({reason}): convert the checkpoint again") from None
     arch, ftype = fields.get("general.architecture"), fields.get("general.file_type")
     kind = None
     if arch is not None and ftype is not None and str(arch.contents()).startswith("bitnet"):
@@ -81,11 +85,52 @@ def _refuse_bitnet_cpp_tl(path: Path) -> None:
                          "convert the checkpoint with 'bitnet convert'")
 
 
+@contextmanager
+def engine_errors():
+    """The engine's error lines logged inside the block. The engine checks every model it loads
+    (patches/files/src/llama-bitnet-validate.cpp) and logs why it refuses one; llama_cpp then
+    raises only "Failed to load model", and prints the log only when verbose."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def capture(level, text, user_data):
+        if level == 4:  # GGML_LOG_LEVEL_ERROR (ggml.h; llama_cpp._logger still says 3)
+            lines.append(text.decode("utf-8", errors="replace").strip())
+        _logger.llama_log_callback(level, text, user_data)
+
+    llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def engine_reason(lines: list[str]) -> str | None:
+    """The one line that says why the engine refused a model or context."""
+    said = [re.sub(r"^\w+: ", "", line) for line in lines if line]  # without the function name
+    for line in said:
+        found = re.match(r"error loading model: (.+)", line)
+        if found and "failed to load model from" not in found.group(1):
+            return found.group(1)
+    if said:  # the reader's own words (gguf: "failed to read tensor data" ...) come first
+        return f"{said[0]}: the file is damaged; convert the checkpoint again"
+    return None
+
+
 def load(path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, **kwargs):
-    """A llama_cpp.Llama for a GGUF file, with threads = physical cores."""
+    """A llama_cpp.Llama for a GGUF file, with threads = physical cores. A file or context the
+    engine refuses raises ModelError with the engine's reason."""
     import llama_cpp
 
     path = check_model_file(Path(path))
     kwargs.setdefault("verbose", False)
     threads = n_threads or physical_cores()
-    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, **kwargs)
+    with engine_errors() as errors:
+        try:
+            return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, **kwargs)
+        except ValueError as e:
+            reason = engine_reason(errors) or str(e)
+            raise ModelError(f"{path}: {reason}") from None
