@@ -272,13 +272,8 @@ def _load(model: Path, ctx: int, threads: Optional[int], **kwargs):
     from .runtime import ModelError, load
     try:
         return load(model, n_ctx=ctx, n_threads=threads, **kwargs)
-    except ModelError as e:
+    except ModelError as e:  # the engine's reason, or ours
         fail(str(e))
-    except ValueError as e:  # llama_cpp: "Failed to load model from file"
-        if _debug:
-            raise
-        fail(f"llama.cpp could not load {model}: {e} (is it a BitNet/llama GGUF of a type this build supports? "
-             "see 'bitnet info' and 'bitnet doctor')")
 
 
 def _chat(llm, temp: float, n: int, system: Optional[str]):

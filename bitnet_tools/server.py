@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runtime import check_model_file, physical_cores
+from .runtime import check_model_file, engine_reason, physical_cores
 
 READY_TIMEOUT = 600.0   # seconds to load a model (a 100B-shape file from a cold disk takes minutes)
 STOP_TIMEOUT = 10.0
@@ -99,6 +99,10 @@ def _last_error(log: Path) -> str:
         lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return "no log"
+    # the engine's refusal of the model or context ("0.00.014 E llama_model_load: error loading model: ...")
+    refused = [m.group(1) for ln in lines if (m := re.match(r"[\d.]+ E (?:\w+ +)?(\w+: .+)", ln))]
+    if refused and (reason := engine_reason(refused)):
+        return reason[:400]
     for ln in reversed(lines):
         if any(w in ln.lower() for w in ("error", "failed", "exception", "abort", "invalid", "unable")):
             return ln[:240]
