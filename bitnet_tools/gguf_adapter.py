@@ -1,9 +1,10 @@
 """The one place that reaches into gguf-py's private parts (pyproject pins gguf>=0.17,<0.20).
 
 gguf-py has no public way to add quant types, to size tensors that are not made of
-independent blocks, or to stream a tensor's data in pieces, so these four hooks use its
-internals. `check()` asserts that each internal is still what the hooks expect; the test suite
-calls it, so a gguf release that moves one fails there, loudly, instead of writing bad files.
+independent blocks, to stream a tensor's data in pieces, or to read a damaged file safely, so
+these hooks use its internals. `check()` asserts that each internal is still what the hooks
+expect; the test suite calls it, so a gguf release that moves one fails there, loudly, instead
+of writing bad files.
 """
 from __future__ import annotations
 
@@ -70,6 +71,31 @@ def size_tensors_by(nbytes_of: dict) -> None:
     GGUFReader._build_tensors = build_tensors
 
 
+def harden_reader() -> None:
+    """GGUFReader on a damaged file: reads past the end and nested arrays raise ValueError.
+    gguf-py slices its memory map and gets a short (often empty) array back, so an array whose
+    length field was damaged makes it loop over that length reading nothing; and it parses
+    arrays of arrays item by item in Python (llama.cpp's reader refuses them), which on a
+    damaged type field means minutes over a large file."""
+    get, field_parts = GGUFReader._get, GGUFReader._get_field_parts
+    if getattr(get, "hardened", False):
+        return
+
+    def bounded_get(self, offset, dtype, count=1, override_order=None):
+        arr = get(self, offset, dtype, count, override_order)
+        if len(arr) != int(count):
+            raise ValueError(f"a field at byte {offset} runs past the end of the file")
+        return arr
+
+    def flat_field_parts(self, orig_offs, raw_type):
+        if raw_type == gguf.GGUFValueType.ARRAY and int(bounded_get(self, orig_offs, np.uint32)[0]) == gguf.GGUFValueType.ARRAY:
+            raise ValueError(f"the field at byte {orig_offs} is an array of arrays, which GGUF readers do not take")
+        return field_parts(self, orig_offs, raw_type)
+
+    bounded_get.hardened = True
+    GGUFReader._get, GGUFReader._get_field_parts = bounded_get, flat_field_parts
+
+
 def data_stream(w: gguf.GGUFWriter):
     """The open file a GGUFWriter writes to, after write_ti_data_to_file(): tensor data is then
     streamed into it piece by piece (GGUFWriter.write_tensor_data takes whole arrays only)."""
@@ -88,8 +114,8 @@ def check() -> None:
     for enum_cls in (gguf.GGMLQuantizationType, gguf.LlamaFileType):
         for attr in ("_member_map_", "_value2member_map_", "_member_names_"):
             assert isinstance(getattr(enum_cls, attr, None), (dict, list)), f"{enum_cls.__name__}.{attr} changed"
-    assert callable(getattr(GGUFReader, "_build_tensors", None)) and callable(getattr(GGUFReader, "_get", None)), \
-        "GGUFReader._build_tensors / _get changed"
+    assert all(callable(getattr(GGUFReader, f, None)) for f in ("_build_tensors", "_get", "_get_field_parts")), \
+        "GGUFReader._build_tensors / _get / _get_field_parts changed"
     w = gguf.GGUFWriter(None, "check")
     assert w.fout is None and w.tensors == [{}], "GGUFWriter.fout / tensors changed"
 

@@ -36,6 +36,26 @@ def set_kv(src: Path, dst: Path, key: str, value) -> Path:
     return dst
 
 
+def set_token(src: Path, dst: Path, old: str, new: str) -> Path:
+    """Rename a token in place (same length)."""
+    assert len(old) == len(new)
+    shutil.copy(src, dst)
+    reader = gguf.GGUFReader(dst, "r+")
+    field = reader.fields["tokenizer.ggml.tokens"]
+    part = next(field.parts[i] for i in field.data if field.parts[i].tobytes() == old.encode())
+    part[:] = list(new.encode())
+    reader.data.flush()
+    return dst
+
+
+def set_array_item_type(src: Path, dst: Path, key: str, type_id: int) -> Path:
+    shutil.copy(src, dst)
+    reader = gguf.GGUFReader(dst, "r+")
+    reader.fields[key].parts[3][0] = type_id  # parts: name length, name, value type, item type, count, items
+    reader.data.flush()
+    return dst
+
+
 def set_tensor_type(src: Path, dst: Path, name: str, type_id: int) -> Path:
     shutil.copy(src, dst)
     reader = gguf.GGUFReader(dst, "r+")
@@ -85,6 +105,14 @@ CASES = [
     ("scale_nan", "i2_s", lambda s, d: set_scale(s, d, "blk.0.attn_q.weight", math.nan), "blk.0.attn_q.weight"),
     ("scale_zero", "tl2", lambda s, d: set_scale(s, d, "blk.1.ffn_down.weight", 0.0), "blk.1.ffn_down.weight"),
     ("scale_inf", "i2_s", lambda s, d: set_scale(s, d, "blk.1.attn_v.weight", math.inf), "blk.1.attn_v.weight"),
+    # overflows the activations: every logit reads 0
+    ("scale_huge", "i2_s", lambda s, d: set_scale(s, d, "blk.0.ffn_down.weight", 3.4e38), "blk.0.ffn_down.weight"),
+    # GGML_ASSERT(id_to_token.size() == token_to_id.size()) while loading the vocabulary
+    ("token_twice", "tq2_0", lambda s, d: set_token(s, d, "<0x58>", "<0x86>"), "'<0x86>' twice"),
+    # std::out_of_range from the tokenizer's byte fallback: terminate
+    ("byte_token_missing", "i2_s", lambda s, d: set_token(s, d, "<0x65>", "<0xZZ>"), "byte <0x65>"),
+    # gguf-py read it as nested arrays, looping for minutes (Python, before the engine)
+    ("array_of_arrays", "i2_s", lambda s, d: set_array_item_type(s, d, "tokenizer.ggml.scores", 9), "array of arrays"),
 ]
 
 

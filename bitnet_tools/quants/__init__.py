@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-from ..gguf_adapter import add_enum_member, size_tensors_by
+from ..gguf_adapter import add_enum_member, harden_reader, size_tensors_by
 
 # id, (block size, bytes per block) -- must agree with patches/ (ggml.h, ggml.c) and docs/types.md
 # One scale per tensor after the codes, I2_S rows padded to whole groups, TL1/TL2 rows interleaved
@@ -67,5 +67,6 @@ BY_QTYPE = {t.qtype: t for t in OURS.values()}
 
 # GGUFReader sizes tensors from blocks: it is told the real sizes of ours
 size_tensors_by({t.qtype: t.nbytes for t in OURS.values()})
+harden_reader()
 
 __all__ = ["I2_S", "TL1", "TL2", "OURS", "BY_QTYPE", "Ternary", "register", "TYPES"]

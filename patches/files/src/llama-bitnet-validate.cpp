@@ -12,6 +12,9 @@
 #include "llama-model-loader.h"
 #include "llama-mmap.h"
 #include "llama-model.h"
+#include "unicode.h"
+
+#include "gguf.h"
 
 #include <array>
 #include <cmath>
@@ -19,6 +22,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 
 #include <unistd.h>
 
@@ -27,6 +31,9 @@ static constexpr uint32_t MAX_CONTEXT_LENGTH = 1u << 26;
 // widest embedding / FFN / head count we accept: far beyond any model, small enough that sizes
 // computed from them in int32 or int64 cannot overflow
 static constexpr uint32_t MAX_WIDTH = 1u << 20;
+// largest per-tensor ternary scale we accept: trained weights' absmean is 1e-3 .. 10, and much
+// larger scales overflow float32 activations within a few layers (every logit then reads 0)
+static constexpr float MAX_SCALE = 1e6f;
 // bytes after a ternary tensor's codes: its float32 scale, padded (ggml-bitnet.h)
 static constexpr size_t TERNARY_TAIL = 32;
 
@@ -221,8 +228,41 @@ static void check_scales(llama_model_loader & ml) {
         } else {
             continue;
         }
-        if (!std::isfinite(scale) || scale == 0.0f) {
-            refuse(format("tensor '%s' has scale %g, but a ternary weight's scale is finite and non-zero", name.c_str(), scale));
+        if (!std::isfinite(scale) || scale == 0.0f || std::fabs(scale) > MAX_SCALE) {
+            refuse(format("tensor '%s' has scale %g, but a ternary weight's scale is non-zero and within +-%g",
+                          name.c_str(), scale, MAX_SCALE));
+        }
+    }
+}
+
+// the vocabulary: llama.cpp asserts that no token string repeats, and its tokenizers look every
+// byte up (byte fallback) with unordered_map::at, whose exception ends the process at tokenize time
+static void check_vocab(llama_model_loader & ml) {
+    const gguf_context * meta = ml.metadata;
+    const int64_t kid = gguf_find_key(meta, "tokenizer.ggml.tokens");
+    if (kid < 0 || gguf_get_kv_type(meta, kid) != GGUF_TYPE_ARRAY || gguf_get_arr_type(meta, kid) != GGUF_TYPE_STRING) {
+        return;  // llama.cpp says what is missing
+    }
+    const size_t n = gguf_get_arr_n(meta, kid);
+    std::unordered_map<std::string, size_t> ids;
+    ids.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+        const auto [at, fresh] = ids.emplace(gguf_get_arr_str(meta, kid, i), i);
+        if (!fresh) {
+            refuse(format("tokenizer.ggml.tokens holds '%s' twice (ids %zu and %zu)", at->first.c_str(), at->second, i));
+        }
+    }
+
+    const int64_t mid = gguf_find_key(meta, "tokenizer.ggml.model");
+    const std::string model = mid >= 0 && gguf_get_kv_type(meta, mid) == GGUF_TYPE_STRING ? gguf_get_val_str(meta, mid) : "";
+    // the two tokenizers whose vocabularies always hold every byte (sentencepiece with byte
+    // fallback; GPT-2's byte-level BPE); UGM and WPM vocabularies may lack bytes by design
+    for (int b = 0; b < 256 && (model == "llama" || model == "gpt2"); ++b) {
+        const std::string hex = format("<0x%02X>", b);
+        const bool found = model == "llama" ? ids.count(hex) || ids.count(std::string(1, (char) b))
+                                            : ids.count(unicode_byte_to_utf8((uint8_t) b)) > 0;
+        if (!found) {
+            refuse(format("tokenizer.ggml.tokens has no token for byte %s, which the '%s' tokenizer needs", hex.c_str(), model.c_str()));
         }
     }
 }
@@ -236,6 +276,7 @@ void llama_bitnet_validate(llama_model_loader & ml) {
     check_positive_float(ml, LLM_KV_ROPE_FREQ_BASE);
     check_tensor_types(ml);
     check_scales(ml);
+    check_vocab(ml);
 }
 
 std::string llama_bitnet_check_context(const llama_model & model, const llama_context_params & params) {
