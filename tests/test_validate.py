@@ -150,7 +150,7 @@ def test_python_api_refuses_with_one_line(damaged, case):
     assert "convert the checkpoint" in r.stderr  # the fix
 
 
-@pytest.mark.parametrize("case", ["rope_segv", "norm_as_tl2", "scale_nan", "context_length_huge"])
+@pytest.mark.parametrize("case", [c[0] for c in CASES])
 def test_bitnet_infer_refuses_with_one_line(damaged, case):
     path, words = damaged[case]
     r = subprocess.run(BITNET + ["infer", "-m", str(path), "-p", "hi", "-n", "2"], capture_output=True, text=True,
@@ -158,7 +158,7 @@ def test_bitnet_infer_refuses_with_one_line(damaged, case):
     _one_line_error(r, words)
 
 
-@pytest.mark.parametrize("case", ["block_count_0", "i2_s_relabelled_tl1", "rope_0_spins"])
+@pytest.mark.parametrize("case", [c[0] for c in CASES])
 def test_bitnet_serve_refuses_to_start(damaged, case):
     path, words = damaged[case]
     r = subprocess.run(BITNET + ["serve", "-m", str(path), "--port", str(_free_port())], capture_output=True,
