@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import engine
@@ -28,7 +29,8 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on e
 
 def fail(message: str, code: int = 1):
     """One line naming the cause and the fix, and a non-zero exit."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    # escaped: the message may quote text of the input, and "[/x]" there is no markup
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 

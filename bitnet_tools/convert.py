@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass
 from hashlib import sha256
@@ -42,6 +43,11 @@ log = logging.getLogger(__name__)
 class ConvertError(Exception):
     """A checkpoint the converter cannot (or will not) convert; the message says why and what to do."""
 
+    def __init__(self, message: str):
+        # one printable line, whatever text of the checkpoint it quotes: a tensor name with a
+        # newline or a lone surrogate is shown escaped
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message)))
+
 
 LINEARS = {  # HF leaf -> GGUF name
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -49,7 +55,15 @@ LINEARS = {  # HF leaf -> GGUF name
     "mlp.down_proj": "ffn_down",
 }
 NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
-LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
+LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
+INT32_MAX = 2**31 - 1   # sizes and counts: GGUF stores them as uint32, llama.cpp holds them in int32
+# what the engine accepts when it loads a file (patches/files/src/llama-bitnet-validate.cpp):
+# never write a file it would refuse
+MAX_LAYERS, MAX_WIDTH, MAX_CONTEXT = 512, 2**20, 2**26
+FLOAT32_MAX = float(np.finfo(np.float32).max)   # GGUF stores eps, RoPE theta and factor as float32
+# safetensors dtypes torch reads as floating point; BitLinear weights may also be packed "U8"
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64", "F8_E4M3", "F8_E5M2")
+SPECIAL_TOKENS = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")   # gguf-py reads <typ>_token_id
 
 # llama.cpp's convert_hf_to_gguf.py pre-tokenizer detection: sha256 of the token ids of CHKTXT
 CHKTXT = ('\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) '
@@ -83,14 +97,25 @@ class Checkpoint:
                                "(pytorch .bin checkpoints are not supported; re-save with safetensors)")
         self.index: dict[str, tuple[Path, tuple[int, ...], str]] = {}
         for f in files:
-            try:
-                with safe_open(str(f), framework="pt") as sf:
-                    for k in sf.keys():
-                        sl = sf.get_slice(k)
-                        self.index[k] = (f, tuple(sl.get_shape()), str(sl.get_dtype()))
-            except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-                raise ConvertError(f"cannot read {f.name}: {_one_line(e)} (truncated or corrupt download? "
-                                   "fetch the file again)") from e
+            for name, shape, dtype in self._header(f):
+                if name in self.index:   # which of the two is meant cannot be known
+                    raise ConvertError(f"tensor {name} is in both {self.index[name][0].name} and {f.name}: keep "
+                                       "only the *.safetensors files of one download of the model")
+                self.index[name] = (f, shape, dtype)
+
+    def _header(self, f: Path) -> list[tuple[str, tuple[int, ...], str]]:
+        """(name, shape, dtype) of each tensor in `f`. safetensors checks the header against the
+        file (offsets, sizes, dtypes) when it opens it."""
+        try:
+            tensors = []
+            with self._safe_open(str(f), framework="pt") as sf:
+                for k in sf.keys():
+                    sl = sf.get_slice(k)
+                    tensors.append((k, tuple(sl.get_shape()), str(sl.get_dtype())))
+            return tensors
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise ConvertError(f"cannot read {f.name}: {_one_line(e)} (truncated or corrupt download? "
+                               "fetch the file again)") from e
 
     def __contains__(self, name: str) -> bool:
         return name in self.index
@@ -114,12 +139,19 @@ class Checkpoint:
         if t.dtype == torch.uint8:
             return t.numpy()
         if not t.is_floating_point():
-            raise ConvertError(f"tensor {name} has dtype {t.dtype}: expected floating point or packed uint8")
+            raise ConvertError(f"tensor {name} has dtype {t.dtype}, not floating point or packed uint8: "
+                               "corrupt checkpoint (fetch the file again)")
         return t.to(torch.float32).numpy()
 
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def _shown(v) -> str:
+    """A value of the checkpoint as a message quotes it: repr, cut short."""
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def read_config(model_dir: Path) -> dict:
@@ -131,7 +163,7 @@ def read_config(model_dir: Path) -> dict:
                            "(with config.json, *.safetensors and tokenizer files)")
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:   # RecursionError: nested too deep
         raise ConvertError(f"config.json in {model_dir} is not valid JSON ({_one_line(e)}): fetch it again") from e
     if not isinstance(cfg, dict):
         raise ConvertError(f"config.json in {model_dir} is not a JSON object: fetch it again")
@@ -139,7 +171,8 @@ def read_config(model_dir: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# hyperparameters
+# hyperparameters: each value of config.json the converter uses is checked on its own, so a broken
+# one is named with its key instead of surfacing later as a confusing shape error or a crash
 
 @dataclass
 class HParams:
@@ -156,70 +189,178 @@ class HParams:
     rope_scaling: dict | None
     act: str
     tied: bool
+    head_dim_key: str = "head_dim"   # where head_dim came from, for messages
+
+
+def _fix(key: str, v, problem: str) -> ConvertError:
+    return ConvertError(f"config.json: {key}={_shown(v)} {problem}: fix the checkpoint's config.json")
+
+
+def _whole(key: str, v, default: int | None = None, most: int = INT32_MAX) -> int:
+    """A size or count: a whole number in 1 .. most; absent or null gives `default`."""
+    if v is None:
+        if default is None:
+            raise ConvertError(f"config.json lacks {key}: fetch the model's own config.json")
+        return default
+    n = int(v) if isinstance(v, float) and v.is_integer() else v   # 2048.0: JSON has one number type
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= most:
+        raise _fix(key, v, f"is not a whole number in 1 .. {most}")
+    return n
+
+
+def _positive(key: str, v, default: float | None, below: float) -> float:
+    """A finite number in (0, below); absent or null gives `default` (None: required)."""
+    if v is None:
+        if default is None:
+            raise ConvertError(f"config.json lacks {key}: fix the checkpoint's config.json")
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < below:   # NaN fails too
+        raise _fix(key, v, f"is not a number in (0, {below:g})")
+    return float(v)
+
+
+def _flag(key: str, v, default: bool) -> bool:
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise _fix(key, v, "is not true or false")
+    return v
+
+
+def _object(cfg: dict, key: str) -> dict:
+    """A nested object of config.json; absent or null gives {}."""
+    v = cfg.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise _fix(key, v, "is not a JSON object")
+    return v
 
 
 def _rope(cfg: dict, default_theta: float) -> tuple[float, dict | None]:
-    params = cfg.get("rope_parameters") or {}
-    scaling = cfg.get("rope_scaling") or None
-    theta = cfg.get("rope_theta", params.get("rope_theta", default_theta))
-    rtype = (scaling or params).get("rope_type", (scaling or params).get("type", "default"))
+    params, scaling = _object(cfg, "rope_parameters"), _object(cfg, "rope_scaling")
+    if cfg.get("rope_theta") is not None:
+        theta = _positive("rope_theta", cfg["rope_theta"], default_theta, FLOAT32_MAX)
+    else:   # transformers >= 5 writes it here
+        theta = _positive("rope_parameters.rope_theta", params.get("rope_theta"), default_theta, FLOAT32_MAX)
+    key, rope = ("rope_scaling", scaling) if scaling else ("rope_parameters", params)
+    rtype = rope.get("rope_type", rope.get("type", "default"))
     if rtype in (None, "default"):
-        return float(theta), None
+        return theta, None
     if rtype == "linear":
-        return float(theta), {"type": "linear", "factor": float((scaling or params).get("factor", 1.0))}
-    raise ConvertError(f"RoPE scaling type {rtype!r} is not supported by this converter: "
-                       "only default and linear RoPE are (remove rope_scaling only if the model was trained without it)")
+        return theta, {"type": "linear", "factor": _positive(f"{key}.factor", rope.get("factor"), None, FLOAT32_MAX)}
+    raise ConvertError(f"config.json: {key} type {_shown(rtype)} is not supported by this converter: only default "
+                       f"and linear RoPE are (remove {key} only if the model was trained without it)")
 
 
 def hparams(cfg: dict, fam: Family) -> HParams:
-    try:
-        n_embd, n_layer = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"])
-        n_ff, n_head, n_vocab = int(cfg["intermediate_size"]), int(cfg["num_attention_heads"]), int(cfg["vocab_size"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConvertError(f"config.json lacks {e} (hidden_size, num_hidden_layers, intermediate_size, "
-                           "num_attention_heads, vocab_size are needed): fetch the model's own config.json") from e
-    n_head_kv = int(cfg.get("num_key_value_heads") or n_head)
-    head_dim = int(cfg.get("head_dim") or n_embd // n_head)
-    act = cfg.get("hidden_act", fam.default_act)
+    n_embd = _whole("hidden_size", cfg.get("hidden_size"), most=MAX_WIDTH)
+    n_layer = _whole("num_hidden_layers", cfg.get("num_hidden_layers"), most=MAX_LAYERS)
+    n_ff = _whole("intermediate_size", cfg.get("intermediate_size"), most=MAX_WIDTH)
+    n_head = _whole("num_attention_heads", cfg.get("num_attention_heads"), most=n_embd)
+    n_vocab = _whole("vocab_size", cfg.get("vocab_size"))
+    n_head_kv = _whole("num_key_value_heads", cfg.get("num_key_value_heads"), n_head)
+    if n_head % n_head_kv:   # grouped-query attention shares each K/V head among whole groups
+        raise ConvertError(f"config.json: num_key_value_heads={n_head_kv} does not divide num_attention_heads="
+                           f"{n_head}: fix the checkpoint's config.json")
+    if cfg.get("head_dim") is None:   # transformers' default
+        if n_embd % n_head:
+            raise ConvertError(f"config.json: hidden_size={n_embd} is not a multiple of num_attention_heads={n_head} "
+                               "(and no head_dim is given): fix the checkpoint's config.json")
+        head_dim, head_dim_key = n_embd // n_head, "hidden_size/num_attention_heads"
+    else:
+        head_dim, head_dim_key = _whole("head_dim", cfg["head_dim"], most=MAX_WIDTH), "head_dim"
+    if head_dim % 2:
+        raise ConvertError(f"config.json: {head_dim_key}={head_dim} is odd, but RoPE rotates pairs of values: "
+                           "fix the checkpoint's config.json")
+    act = cfg.get("hidden_act")
+    act = fam.default_act if act is None else act
     if act not in fam.supported_acts:
-        raise ConvertError(f"hidden_act {act!r} is not what GGUF arch {fam.gguf_arch!r} computes "
-                           f"({', '.join(fam.supported_acts)}): this checkpoint is not a {fam.name} model")
+        raise ConvertError(f"config.json: hidden_act={_shown(act)} is not what GGUF arch {fam.gguf_arch!r} computes "
+                           f"({', '.join(fam.supported_acts)}): this checkpoint is not a {fam.name} model, as its "
+                           "architectures say (or fix hidden_act or architectures in its config.json)")
     theta, scaling = _rope(cfg, fam.default_rope_theta)
     return HParams(n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv,
-                   head_dim=head_dim, n_ctx=int(cfg.get("max_position_embeddings") or 4096),
-                   eps=float(cfg.get("rms_norm_eps", 1e-5)), rope_theta=theta, rope_scaling=scaling, act=act,
-                   tied=bool(cfg.get("tie_word_embeddings", False)))
+                   head_dim=head_dim, n_ctx=_whole("max_position_embeddings", cfg.get("max_position_embeddings"), 4096,
+                                                    most=MAX_CONTEXT),
+                   eps=_positive("rms_norm_eps", cfg.get("rms_norm_eps"), 1e-5, 1.0), rope_theta=theta,
+                   rope_scaling=scaling, act=act, head_dim_key=head_dim_key,
+                   tied=_flag("tie_word_embeddings", cfg.get("tie_word_embeddings"), False))
+
+
+def check_token_ids(cfg: dict, n_vocab: int) -> None:
+    """gguf-py's SpecialVocab reads <typ>_token_id from config.json (from text_config when absent
+    there): a negative id stops it with a bare ValueError, other junk it drops silently."""
+    for prefix, obj in (("", cfg), ("text_config.", _object(cfg, "text_config"))):
+        for typ in SPECIAL_TOKENS:
+            v = obj.get(f"{typ}_token_id")
+            ids = v if isinstance(v, list) else [v]   # eos may be a list
+            if v is not None and not all(type(i) is int and 0 <= i < n_vocab for i in ids):
+                raise _fix(f"{prefix}{typ}_token_id", v, f"is not a token id below vocab_size={n_vocab}")
+
+
+def check_for_transformers(cfg: dict) -> None:
+    """Keys no part of the conversion uses but transformers reads when it loads the tokenizer
+    (gguf-py's LlamaHfVocab lets AutoTokenizer read config.json), and trips over without naming
+    them ("module 'torch' has no attribute ''"). Its typed fields it reports by name itself."""
+    import torch
+    model_type = cfg.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise _fix("model_type", model_type, "is not a name")
+    for key in ("torch_dtype", "dtype"):
+        v = cfg.get(key)
+        if v is not None and not (isinstance(v, str) and isinstance(getattr(torch, v, None), torch.dtype)):
+            raise _fix(key, v, "is not a torch dtype (float32, float16, bfloat16...)")
+    if "auto_map" in cfg and not isinstance(cfg["auto_map"], dict):   # null too
+        raise _fix("auto_map", cfg["auto_map"], "is not a JSON object")
+
+
+def model_name(cfg: dict, model_dir: Path) -> str:
+    """general.name: the last part of _name_or_path (the repository), else the folder's name."""
+    v = cfg.get("_name_or_path")
+    if v is None or v == "":
+        return model_dir.name
+    try:
+        v.encode("utf-8")   # a lone surrogate ("\ud800" in JSON) cannot be written
+    except (AttributeError, UnicodeEncodeError):
+        raise _fix("_name_or_path", v, "is not text") from None
+    return Path(v).name or model_dir.name
 
 
 def pick_family(cfg: dict) -> Family:
-    archs = cfg.get("architectures") or []
+    archs = cfg.get("architectures")
+    known = ", ".join(a for f in families() for a in f.architectures)
+    if archs is None:
+        raise ConvertError(f"config.json has no architectures (model_type {_shown(cfg.get('model_type'))}): "
+                           f"this converter handles {known}; fetch the model's own config.json")
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise _fix("architectures", archs, "is not a list of names")
     for a in archs:
         fam = for_architecture(a)
         if fam is not None:
             return fam
-    known = ", ".join(a for f in families() for a in f.architectures)
-    raise ConvertError(f"unknown architecture {archs or cfg.get('model_type')!r} in config.json: "
-                       f"this converter handles {known}")
+    raise ConvertError(f"unknown architecture {_shown(archs)} in config.json's architectures: this converter "
+                       f"handles {known}; convert a checkpoint of one of those")
 
 
 def scale_mode(cfg: dict, fam: Family) -> str:
     """How a packed weight's weight_scale applies: transformers' linear_class decides when given."""
-    qc = cfg.get("quantization_config") or {}
-    if qc.get("use_rms_norm"):
-        raise ConvertError("quantization_config.use_rms_norm (an RMSNorm inside every BitLinear) has no "
-                           "GGUF equivalent in these architectures: not supported")
+    qc = _object(cfg, "quantization_config")
+    if _flag("quantization_config.use_rms_norm", qc.get("use_rms_norm"), False):
+        raise ConvertError("config.json: quantization_config.use_rms_norm (an RMSNorm inside every BitLinear) has no "
+                           "GGUF equivalent in these architectures: not supported, convert a checkpoint without it")
     lc = qc.get("linear_class")
-    if lc == "autobitlinear":
-        return "multiply"
-    if lc == "bitlinear":
-        return "divide"
-    return fam.scale_mode
+    if lc is None:
+        return fam.scale_mode
+    if lc not in ("autobitlinear", "bitlinear"):   # transformers refuses the model too
+        raise _fix("quantization_config.linear_class", lc, "is neither autobitlinear nor bitlinear")
+    return "multiply" if lc == "autobitlinear" else "divide"
 
 
 # ---------------------------------------------------------------------------------------------
 # weights
 
-def unpack_ternary(packed: np.ndarray) -> np.ndarray:
+def unpack_ternary(packed: np.ndarray, name: str = "packed weights") -> np.ndarray:
     """uint8 [out/4, in] -> int8 [out, in] in {-1, 0, 1}: code i (bits 2i) of byte (r, c) is row i*(out/4)+r."""
     rows = packed.shape[0]
     out = np.empty((4 * rows, *packed.shape[1:]), dtype=np.int8)
@@ -227,7 +368,8 @@ def unpack_ternary(packed: np.ndarray) -> np.ndarray:
         codes = (packed >> np.uint8(2 * i)) & np.uint8(3)
         out[i * rows:(i + 1) * rows] = codes.astype(np.int8) - np.int8(1)
     if (out > 1).any():
-        raise ConvertError("packed weights hold the code 3, which is not a ternary value: corrupt checkpoint")
+        raise ConvertError(f"{name} holds the 2-bit code 3, which is not a ternary value: corrupt checkpoint "
+                           "(fetch the file again)")
     return out
 
 
@@ -245,6 +387,8 @@ def as_ternary(w: np.ndarray, rtol: float = 1e-3) -> tuple[np.ndarray, np.float3
     """Already-ternary float weights (one magnitude per tensor, or zero) -> (q, s); else None."""
     a = np.abs(w)
     s = float(a.max()) if a.size else 0.0
+    if not math.isfinite(s):   # NaN or inf: Source.ternary refuses the tensor
+        return None
     if s == 0.0:
         return np.zeros(w.shape, dtype=np.int8), np.float32(0)
     nz = a > s * 0.5
@@ -267,23 +411,32 @@ class Source:
 
     def ternary(self, name: str) -> tuple[np.ndarray, np.float32]:
         """(q int8 [out, in], per-tensor scale) of a BitLinear weight: effective weight q * s."""
+        q, s = self._ternary(name)
+        if not np.isfinite(s):
+            raise ConvertError(f"{name}: its scale is {s} (NaN or inf in the weights or their weight_scale): corrupt "
+                               "checkpoint (fetch the file again)")
+        return q, s
+
+    def _ternary(self, name: str) -> tuple[np.ndarray, np.float32]:
         w = self.ckpt.get(name)
         sname = name[: -len("weight")] + "weight_scale"
         ws = None
         if sname in self.ckpt:
             wsv = self.ckpt.get(sname).reshape(-1)
             if wsv.size != 1:
-                raise ConvertError(f"{sname} has {wsv.size} values: only one scale per tensor is supported")
+                raise ConvertError(f"{sname} has {wsv.size} values: only one scale per tensor is supported "
+                                   "(convert a checkpoint with per-tensor scales)")
             ws = np.float32(wsv[0])
         if w.dtype == np.uint8:
-            q = unpack_ternary(w)
+            q = unpack_ternary(w, name)
             if ws is None:
                 s = np.float32(1)
             elif self.scale_mode == "multiply":
                 s = ws
             else:
                 if ws == 0:
-                    raise ConvertError(f"{sname} is zero, but it divides the weights: corrupt checkpoint")
+                    raise ConvertError(f"{sname} is zero, but it divides the weights: corrupt checkpoint "
+                                       "(fetch the file again)")
                 s = np.float32(np.float32(1) / ws)
             return q, s
         if ws is not None:  # float weights with a scale: apply it the same way before anything else
@@ -303,14 +456,14 @@ class Source:
 # ---------------------------------------------------------------------------------------------
 # tokenizer
 
-def _vocab_bpe(model_dir: Path, n_vocab: int) -> tuple[list[str], list[int], str]:
+def _vocab_bpe(model_dir: Path, n_vocab: int, cfg: dict) -> tuple[list[str], list[int], str]:
     """Byte-level BPE (Llama-3 style) as convert_hf_to_gguf.py's get_vocab_base does."""
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, config=_tokenizer_config(cfg))
     vocab = tok.get_vocab()
     if max(vocab.values()) >= n_vocab:
         raise ConvertError(f"the tokenizer has token id {max(vocab.values())} but config.json's vocab_size is "
-                           f"{n_vocab}: tokenizer and weights do not belong together")
+                           f"{n_vocab}: tokenizer and weights do not belong together (fetch the model's own tokenizer)")
     chkhsh = sha256(str(tok.encode(CHKTXT)).encode()).hexdigest()
     pre = PRE_BY_HASH.get(chkhsh)
     if pre is None:
@@ -334,6 +487,21 @@ def _vocab_bpe(model_dir: Path, n_vocab: int) -> tuple[list[str], list[int], str
     return tokens, [int(t) for t in types], pre
 
 
+def _tokenizer_config(cfg: dict):
+    """What AutoTokenizer takes from config.json to pick the tokenizer class: the model type, a
+    declared tokenizer class, the repository name. Left to read the file itself, transformers
+    validates every key (torch_dtype, rope settings...) and fails on ones no tokenizer uses."""
+    from transformers import AutoConfig, PretrainedConfig
+    try:
+        config = AutoConfig.for_model(cfg["model_type"])   # that model's defaults
+    except Exception:  # noqa: BLE001 - absent, not a string, unknown: no model type, as transformers falls back to
+        config = PretrainedConfig()
+    for key in ("tokenizer_class", "_name_or_path"):
+        if isinstance(cfg.get(key), str):
+            setattr(config, key, cfg[key])
+    return config
+
+
 def _pre_from_json(model_dir: Path) -> str:
     """Unknown hash: recognise the Llama-3 split regex in tokenizer.json, else llama.cpp's default."""
     try:
@@ -348,7 +516,7 @@ def _pre_from_json(model_dir: Path) -> str:
     return "default"
 
 
-def add_vocab(w: gguf.GGUFWriter, model_dir: Path, n_vocab: int) -> None:
+def add_vocab(w: gguf.GGUFWriter, model_dir: Path, n_vocab: int, cfg: dict) -> None:
     tj = model_dir / "tokenizer.json"
     spm = model_dir / "tokenizer.model"
     try:
@@ -358,7 +526,7 @@ def add_vocab(w: gguf.GGUFWriter, model_dir: Path, n_vocab: int) -> None:
                 _add_vocab_spm(w, gguf.LlamaHfVocab(model_dir), n_vocab)
                 gguf.SpecialVocab(model_dir, n_vocab=n_vocab).add_to_gguf(w)
             elif model.get("type") == "BPE":
-                tokens, types, pre = _vocab_bpe(model_dir, n_vocab)
+                tokens, types, pre = _vocab_bpe(model_dir, n_vocab, cfg)
                 w.add_tokenizer_model("gpt2")
                 w.add_tokenizer_pre(pre)
                 w.add_token_list(tokens)
@@ -381,7 +549,9 @@ def add_vocab(w: gguf.GGUFWriter, model_dir: Path, n_vocab: int) -> None:
     except ConvertError:
         raise
     except Exception as e:  # noqa: BLE001 - tokenizer libraries raise many kinds
-        raise ConvertError(f"cannot read the tokenizer in {model_dir}: {_one_line(e)}") from e
+        # transformers also reads and validates config.json here: the file or field it names is the cause
+        raise ConvertError(f"cannot read the tokenizer in {model_dir}: {_one_line(e)} (fix what it names, or fetch "
+                           "the model's tokenizer files and config.json again)") from e
 
 
 def _add_vocab_spm(w: gguf.GGUFWriter, vocab, n_vocab: int) -> None:
@@ -392,7 +562,7 @@ def _add_vocab_spm(w: gguf.GGUFWriter, vocab, n_vocab: int) -> None:
         types.append(int(ttype))
     if len(tokens) > n_vocab:
         raise ConvertError(f"the tokenizer has {len(tokens)} tokens but config.json's vocab_size is {n_vocab}: "
-                           "tokenizer and weights do not belong together")
+                           "tokenizer and weights do not belong together (fetch the model's own tokenizer)")
     for i in range(len(tokens), n_vocab):
         tokens.append(f"[PAD{i}]".encode())
         scores.append(-1000.0)
@@ -409,33 +579,44 @@ def _add_vocab_spm(w: gguf.GGUFWriter, vocab, n_vocab: int) -> None:
 
 def _plan(ckpt: Checkpoint, fam: Family, hp: HParams, src: Source, qtype: T, embd_qtype: T,
           force: bool) -> list[PendingTensor]:
-    e = hp.n_embd
-    kv = hp.head_dim * hp.n_head_kv
-    q_dim = hp.head_dim * hp.n_head
-    expect_linear = {
-        "attn_q": (q_dim, e), "attn_k": (kv, e), "attn_v": (kv, e), "attn_output": (e, q_dim),
-        "ffn_gate": (hp.n_ff, e), "ffn_up": (hp.n_ff, e), "ffn_down": (e, hp.n_ff),
-    }
-    expect_norm = {"attn_norm": e, "ffn_norm": e, "attn_sub_norm": q_dim, "ffn_sub_norm": hp.n_ff}
+    """The GGUF tensors, checked against config.json from the safetensors headers alone: names,
+    dtypes and shapes are refused here, before anything is written."""
+    hd = hp.head_dim_key
+    # each expected size with the config.json keys it comes from, for the messages
+    E, FF = (hp.n_embd, "hidden_size"), (hp.n_ff, "intermediate_size")
+    Q = (hp.head_dim * hp.n_head, f"num_attention_heads*{hd}")
+    KV = (hp.head_dim * hp.n_head_kv, f"num_key_value_heads*{hd}")
+    expect_linear = {"attn_q": (Q, E), "attn_k": (KV, E), "attn_v": (KV, E), "attn_output": (E, Q),
+                     "ffn_gate": (FF, E), "ffn_up": (FF, E), "ffn_down": (E, FF)}
+    expect_norm = {"attn_norm": E, "ffn_norm": E, "attn_sub_norm": Q, "ffn_sub_norm": FF}
     sub_norms = fam.sub_norms
     seen: set[str] = set()
     out: list[PendingTensor] = []
     substituted: dict[str, int] = {}
 
-    def norm(name: str, gname: str, n: int):
-        shape = ckpt.shape(name)
-        if shape != (n,):
-            raise ConvertError(f"{name} has shape {shape}, expected ({n},) from config.json: "
-                               "weights and config.json do not belong together")
+    def norm(name: str, gname: str, dim: tuple[int, str]):
+        n, key = dim
+        _check_dtype(ckpt, name, FLOAT_DTYPES, "floating point")
+        _check_shape(ckpt, name, (n,), (key,))
         out.append(PendingTensor(gname, (n,), T.F32, lambda: ckpt.get(name).astype(np.float32).reshape(-1)))
 
-    def linear(name: str, gname: str, role: str, il: int):
-        rows, cols = expect_linear[role]
-        shape, packed = ckpt.shape(name), ckpt.dtype(name) == "U8"
-        want = (rows // 4, cols) if packed else (rows, cols)
-        if shape != want:
-            raise ConvertError(f"{name} has shape {shape}, expected {want} from config.json: "
-                               "weights and config.json do not belong together")
+    def linear(name: str, gname: str, role: str):
+        (rows, rkey), (cols, ckey) = expect_linear[role]
+        _check_dtype(ckpt, name, ("U8", *FLOAT_DTYPES), "floating point or packed U8")
+        if ckpt.dtype(name) == "U8":   # 4 rows to a byte
+            if rows % 4:
+                raise ConvertError(f"{name} is packed 4 rows to a byte, but config.json's {rkey}={rows} is no "
+                                   "multiple of 4: the weights and config.json do not belong together "
+                                   "(fetch the model's own files)")
+            _check_shape(ckpt, name, (rows // 4, cols), (f"{rkey}/4", ckey))
+        else:
+            _check_shape(ckpt, name, (rows, cols), (rkey, ckey))
+        scale = name[: -len("weight")] + "weight_scale"
+        if scale in ckpt:
+            _check_dtype(ckpt, scale, FLOAT_DTYPES, "floating point")
+            if math.prod(ckpt.shape(scale)) != 1:
+                raise ConvertError(f"{scale} has shape {ckpt.shape(scale)}: only one scale per tensor is supported "
+                                   "(convert a checkpoint with per-tensor scales)")
         t = ternary_type_for(cols, qtype)
         if t != qtype:
             substituted[role] = cols
@@ -450,13 +631,12 @@ def _plan(ckpt: Checkpoint, fam: Family, hp: HParams, src: Source, qtype: T, emb
         out.append(PendingTensor(gname, (rows, cols), t, produce))
 
     def embedding(name: str, gname: str):
-        shape = ckpt.shape(name)
-        if shape != (hp.n_vocab, e):
-            raise ConvertError(f"{name} has shape {shape}, expected {(hp.n_vocab, e)} from config.json: "
-                               "weights and config.json do not belong together")
+        _check_dtype(ckpt, name, FLOAT_DTYPES, "floating point")
+        _check_shape(ckpt, name, (hp.n_vocab, hp.n_embd), ("vocab_size", "hidden_size"))
         t = embd_qtype
-        out.append(PendingTensor(gname, (hp.n_vocab, e), t, lambda: encode_rows(ckpt.get(name), t)))
+        out.append(PendingTensor(gname, (hp.n_vocab, hp.n_embd), t, lambda: encode_rows(ckpt.get(name), t)))
 
+    _check_layers(ckpt, hp.n_layer)
     if "model.embed_tokens.weight" not in ckpt:
         raise ConvertError("model.embed_tokens.weight is missing: incomplete checkpoint (fetch all *.safetensors files)")
     embedding("model.embed_tokens.weight", "token_embd.weight")
@@ -467,22 +647,22 @@ def _plan(ckpt: Checkpoint, fam: Family, hp: HParams, src: Source, qtype: T, emb
         for leaf, gname in {**NORMS, **sub_norms}.items():
             nm = base + leaf + ".weight"
             if nm not in ckpt:
-                why = (f"not a {fam.name} checkpoint, or incomplete" if leaf in sub_norms
-                       else "incomplete checkpoint (fetch all *.safetensors files)")
-                raise ConvertError(f"{nm} is missing: {why}")
+                why = (f"not a {fam.name} checkpoint (config.json's architectures), or incomplete" if leaf in sub_norms
+                       else "incomplete checkpoint")
+                raise ConvertError(f"{nm} is missing: {why} (fetch all *.safetensors files)")
             norm(nm, f"blk.{il}.{gname}.weight", expect_norm[gname])
             seen.add(nm)
         for leaf, role in LINEARS.items():
             nm = base + leaf + ".weight"
             if nm not in ckpt:
                 raise ConvertError(f"{nm} is missing: incomplete checkpoint (fetch all *.safetensors files)")
-            linear(nm, f"blk.{il}.{role}.weight", role, il)
+            linear(nm, f"blk.{il}.{role}.weight", role)
             seen.add(nm)
             seen.add(base + leaf + ".weight_scale")
 
     if "model.norm.weight" not in ckpt:
         raise ConvertError("model.norm.weight is missing: incomplete checkpoint (fetch all *.safetensors files)")
-    norm("model.norm.weight", "output_norm.weight", e)
+    norm("model.norm.weight", "output_norm.weight", E)
     seen.add("model.norm.weight")
 
     if "lm_head.weight" in ckpt:
@@ -496,18 +676,49 @@ def _plan(ckpt: Checkpoint, fam: Family, hp: HParams, src: Source, qtype: T, emb
                 log.warning("dropping lm_head.weight (arch %s ties the output head to token_embd)", fam.gguf_arch)
         elif not hp.tied:
             embedding("lm_head.weight", "output.weight")
+    elif not fam.tied_output and not hp.tied:   # llama.cpp would quietly use token_embd as the head
+        raise ConvertError("lm_head.weight is missing, and config.json does not set tie_word_embeddings: "
+                           "incomplete checkpoint (fetch all *.safetensors files)")
 
     for name in ckpt.index:
         if name in seen or name.endswith("rotary_emb.inv_freq"):
             continue
-        raise ConvertError(f"unexpected tensor {name} for {fam.name}: not a supported checkpoint "
-                           "(biases, extra norms and adapters are not converted)")
-    if hp.n_layer and any(f"model.layers.{hp.n_layer}." in n for n in ckpt.index):
-        raise ConvertError("more layers in the weights than num_hidden_layers in config.json")
+        raise ConvertError(f"unexpected tensor {name} for {fam.name} (config.json's architectures): not a supported "
+                           "checkpoint (biases, extra norms and adapters are not converted; convert the model's own "
+                           "weights)")
     for role, cols in substituted.items():
         log.warning("%s: %s cannot hold rows of %d values (blocks of %d): writing those tensors as i2_s",
                     role, qtype.name.lower(), cols, row_block(qtype))
     return out
+
+
+def _check_dtype(ckpt: Checkpoint, name: str, dtypes: tuple[str, ...], what: str) -> None:
+    if ckpt.dtype(name) not in dtypes:
+        raise ConvertError(f"{name} has dtype {ckpt.dtype(name)}, not {what}: corrupt or not a BitNet b1.58 "
+                           "checkpoint (fetch the file again)")
+
+
+def _check_shape(ckpt: Checkpoint, name: str, want: tuple[int, ...], keys: tuple[str, ...]) -> None:
+    if ckpt.shape(name) != want:
+        raise ConvertError(f"{name} has shape {ckpt.shape(name)}, expected {want} from config.json's "
+                           f"({', '.join(keys)}): the weights and config.json do not belong together "
+                           "(fetch the model's own files)")
+
+
+def _check_layers(ckpt: Checkpoint, n_layer: int) -> None:
+    """The weights hold layers 0 .. num_hidden_layers-1: checked first, as a wrong count would
+    otherwise show as some missing or unexpected tensor."""
+    layer = {name: int(m.group(1)) for name in ckpt.index if (m := LAYER_RE.match(name))}
+    beyond = next((name for name, il in layer.items() if il >= n_layer), None)
+    if beyond is not None:
+        raise ConvertError(f"config.json: num_hidden_layers={n_layer}, but the weights have {beyond}: fix "
+                           "num_hidden_layers in config.json, or convert the model's own weights")
+    have = set(layer.values())
+    gap = next(il for il in range(n_layer + 1) if il not in have)
+    if gap < n_layer:
+        raise ConvertError(f"config.json: num_hidden_layers={n_layer}, but the weights have no layer {gap} "
+                           f"(model.layers.{gap}.input_layernorm.weight is missing): fix num_hidden_layers in "
+                           "config.json, or fetch all *.safetensors files")
 
 
 def _same(ckpt: Checkpoint, a: str, b: str) -> bool:
@@ -531,6 +742,10 @@ def convert(model_dir, outfile, outtype: str = "i2_s", embd_type: str | None = N
         raise ConvertError(f"output directory {outfile.parent} does not exist: create it first")
     fam = pick_family(cfg)
     hp = hparams(cfg, fam)
+    mode = scale_mode(cfg, fam)
+    check_token_ids(cfg, hp.n_vocab)
+    check_for_transformers(cfg)
+    name = model_name(cfg, model_dir)
     qtype = TERNARY_TYPES[outtype]
     try:
         embd_qtype, note = embedding_type(embd_type, hp.n_embd, "q6_k" if hp.n_vocab >= 65536 else "f16")
@@ -539,15 +754,14 @@ def convert(model_dir, outfile, outtype: str = "i2_s", embd_type: str | None = N
     if note:
         log.warning("%s", note)
     ckpt = Checkpoint(model_dir)
-    src = Source(ckpt, fam, scale_mode(cfg, fam), force)
+    src = Source(ckpt, fam, mode, force)
     tensors = _plan(ckpt, fam, hp, src, qtype, embd_qtype, force)
     # refuse a non-BitNet checkpoint before writing anything: check one BitLinear weight now
-    if hp.n_layer:
-        src.ternary(f"model.layers.0.{next(iter(LINEARS))}.weight")
+    src.ternary(f"model.layers.0.{next(iter(LINEARS))}.weight")
 
     def kv(w: gguf.GGUFWriter):
         arch = fam.gguf_arch
-        w.add_name(cfg.get("_name_or_path") and Path(str(cfg["_name_or_path"])).name or model_dir.name)
+        w.add_name(name)
         w.add_file_type(file_type(tensors))
         w.add_context_length(hp.n_ctx)
         w.add_embedding_length(hp.n_embd)
@@ -565,7 +779,7 @@ def convert(model_dir, outfile, outtype: str = "i2_s", embd_type: str | None = N
             w.add_rope_scaling_factor(hp.rope_scaling["factor"])
         w.add_layer_norm_rms_eps(hp.eps)
         w.add_vocab_size(hp.n_vocab)
-        add_vocab(w, model_dir, hp.n_vocab)
+        add_vocab(w, model_dir, hp.n_vocab, cfg)
 
     try:
         return write_gguf(outfile, fam.gguf_arch, kv, tensors, progress)
