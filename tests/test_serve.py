@@ -70,10 +70,11 @@ def model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(model, tmp_path_factory):
-    # a 16 MiB prompt cache fills during the soak's warm-up (the default 2 GiB would grow for
-    # minutes by design), so a later rise of the server's memory would be a leak
+    # a 2 MiB prompt cache fills during the soak's warm-up (the default 2 GiB would grow for
+    # minutes by design: each finished request adds its state, ~30 KiB here), so a later rise of
+    # the server's memory would be a leak
     s = Served(model, tmp_path_factory.mktemp("log") / "serve.log", "-np", "4", "-c", "1024", "-t", "2",
-               "--cache-ram", "16")
+               "--cache-ram", "2")
     yield s
     s.stop()
 
@@ -182,7 +183,8 @@ def test_a_taken_port_and_a_model_that_fails_to_load_are_one_line_errors(model, 
 def test_soak_16_streaming_clients(served):
     """About two minutes of 16 concurrent streaming clients (4 slots: requests queue): no 5xx,
     every response complete, and the server's memory flat after warm-up (within 5 %)."""
-    warm = loadtest.run_level(served.url, ALIAS, 16, 10_000, 32, time_limit=15)  # fills the prompt cache
+    # 128 requests (x ~30 KiB of state) fill the prompt cache however slow the machine is
+    warm = loadtest.run_level(served.url, ALIAS, 16, 8, 32, time_limit=300)
     assert warm.complete == warm.requests and not warm.errors, warm
     rss_after_warmup = rss_kib(served.server_pid)
     soak = loadtest.run_level(served.url, ALIAS, 16, 10_000, 32, time_limit=float(os.environ.get("BITNET_SOAK_SECONDS", 95)))
