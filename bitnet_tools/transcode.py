@@ -53,12 +53,15 @@ def open_gguf(path: Path) -> gguf.GGUFReader:
         if f.read(4) != b"GGUF":
             raise ConvertError(f"{path} is not a GGUF file: give a .gguf model or a checkpoint folder")
     try:
-        return gguf.GGUFReader(path)
+        reader = gguf.GGUFReader(path)
+        for field in reader.fields.values():  # texts are decoded as they are read: damaged ones fail here
+            field.contents()
+        return reader
     except UnknownTensorTypes as e:
         raise ConvertError(f"{path} holds tensors of ggml types {e.type_ids}, which this version does not know "
                            "(made by a newer bitnet.cpp or llama.cpp?): convert the original checkpoint with "
                            "'bitnet convert MODEL_DIR'") from None
-    except (ValueError, IndexError, OSError) as e:
+    except (ValueError, IndexError, OSError) as e:  # UnicodeDecodeError is a ValueError
         size = path.stat().st_size
         raise ConvertError(f"{path} ({size} bytes) is truncated or damaged ({str(e).splitlines()[0][:120]}): "
                            "download it again (huggingface_hub resumes) or re-convert it") from None
@@ -135,15 +138,16 @@ def ternary(t, i2s_layout: str = "x86") -> tuple[np.ndarray, np.float32]:
             raise ConvertError(f"{t.name} ({qtype.name}) holds codes that are not ternary weights of its type "
                                "(damaged file, or another layout): re-download or re-convert it")
     else:  # TQ1_0 / TQ2_0: per-256-block fp16 scales, one value in a ternary model
-        x = gguf.quants.dequantize(data[: t.n_bytes], qtype).reshape(m, n)
-        block, size = gguf.GGML_QUANT_SIZES[qtype]  # each block ends with its fp16 scale
-        d_blocks = data[: t.n_bytes].reshape(-1, size)[:, -2:].copy().view(np.float16).reshape(-1).astype(np.float32)
-        d = np.unique(d_blocks[np.abs(x.reshape(-1, block)).max(axis=1) > 0])
-        if d.size > 1:
-            raise ConvertError(f"{t.name} ({qtype.name}) has {d.size} different block scales, not the one scale "
-                               "of a BitNet b1.58 weight: it cannot be transcoded losslessly; convert the checkpoint")
-        scale = np.float32(d[0]) if d.size else np.float32(0)
-        q = np.rint(x / scale).astype(np.int8) if scale else np.zeros((m, n), np.int8)
+        with np.errstate(all="ignore"):  # a damaged scale (NaN, inf) fails the checks below, quietly
+            x = gguf.quants.dequantize(data[: t.n_bytes], qtype).reshape(m, n)
+            block, size = gguf.GGML_QUANT_SIZES[qtype]  # each block ends with its fp16 scale
+            d_blocks = data[: t.n_bytes].reshape(-1, size)[:, -2:].copy().view(np.float16).reshape(-1).astype(np.float32)
+            d = np.unique(d_blocks[np.abs(x.reshape(-1, block)).max(axis=1) > 0])
+            if d.size > 1:
+                raise ConvertError(f"{t.name} ({qtype.name}) has {d.size} different block scales, not the one scale "
+                                   "of a BitNet b1.58 weight: it cannot be transcoded losslessly; convert the checkpoint")
+            scale = np.float32(d[0]) if d.size else np.float32(0)
+            q = np.rint(x / scale).astype(np.int8) if scale else np.zeros((m, n), np.int8)
         if np.abs(q).max(initial=0) > 1 or not np.array_equal(q.astype(np.float32) * scale, x):
             raise ConvertError(f"{t.name} ({qtype.name}) holds values that are not ternary weights "
                                "(damaged file): re-download or re-convert it")

@@ -196,6 +196,11 @@ BAD = {
     "truncated": ("i2_s", lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size * 2 // 3]),
                   "truncated or damaged"),
     "not gguf": ("i2_s", lambda p: p.write_bytes(b"PK\x03\x04" + p.read_bytes()[4:]), "is not a GGUF file"),
+    # found by tests/gguf_fuzz.py: numpy warnings on stderr before the error line, and a traceback
+    "tq2_0 nan block scale": ("tq2_0", lambda p: _patch_tensor(p, "blk.0.attn_q.weight", lambda b: b[:64] + b"\x00\x7e" + b[66:]),
+                              "blk.0.attn_q.weight (TQ2_0) holds values that are not ternary"),
+    "architecture not utf-8": ("i2_s", lambda p: p.write_bytes(p.read_bytes().replace(b"bitnet-b1.58", b"bitnet\xffb1.58", 1)),
+                               "truncated or damaged"),
 }
 
 
