@@ -65,16 +65,20 @@ def _refuse_bitnet_cpp_tl(path: Path) -> None:
     from .gguf_adapter import UnknownTensorTypes
     unknown = []
     try:
-        fields = gguf.GGUFReader(path).fields
-    except UnknownTensorTypes as e:
-        fields, unknown = e.fields, e.type_ids
+        try:
+            fields = gguf.GGUFReader(path).fields
+        except UnknownTensorTypes as e:
+            fields, unknown = e.fields, e.type_ids
+        arch, ftype = fields.get("general.architecture"), fields.get("general.file_type")
+        # texts are decoded here: a damaged one (not UTF-8) fails inside the try
+        arch = str(arch.contents()) if arch is not None else ""
+        ftype = int(ftype.contents()) if ftype is not None else None
     except Exception as e:  # a damaged file can break gguf-py's reader in many ways
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelError(f"{path} is not a readable GGUF file ({reason}): convert the checkpoint again") from None
-    arch, ftype = fields.get("general.architecture"), fields.get("general.file_type")
     kind = None
-    if arch is not None and ftype is not None and str(arch.contents()).startswith("bitnet"):
-        kind = BITNET_CPP_TL.get(int(ftype.contents()))
+    if ftype is not None and arch.startswith("bitnet"):
+        kind = BITNET_CPP_TL.get(ftype)
     if kind is None and 38 in unknown:  # bitnet.cpp's TL1 tensor type, whatever the header says
         kind = "TL1"
     if kind is not None:

@@ -48,7 +48,7 @@ if __name__ == "__main__":  # run as a script: this checkout's bitnet_tools, not
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFValueType as V
 
-from bitnet_tools import dummy, quants
+from bitnet_tools import dummy, quants, runtime
 
 # ---------------------------------------------------------------------------------------------
 # Seeds
@@ -576,8 +576,6 @@ def generate(path: str) -> None:
     """The real target, as users load models: bitnet_tools.runtime.load (its Python checks of the
     file first, then the engine). Verbose, so the engine's words reach the child's stderr file
     (verbose=False sends them to /dev/null)."""
-    from bitnet_tools import runtime
-
     _generate(runtime.load(path, n_ctx=64, n_threads=1, verbose=True, logits_all=True))
 
 
@@ -590,6 +588,10 @@ def generate_engine(path: str) -> None:
                               logits_all=True))
 
 
+# what each target raises for a file it refuses cleanly; any other exception would reach the
+# user as a traceback, and counts as a crash ("uncaught ...")
+generate.refusals = (runtime.ModelError,)
+generate_engine.refusals = (ValueError,)  # llama_cpp: "Failed to load model from file"
 TARGETS = {"runtime": generate, "engine": generate_engine}
 
 
@@ -625,8 +627,10 @@ def _child(path: str, target: Callable[[str], None], w: int, stderr_path: str, t
             report = {"outcome": "ok", "message": ""}
         except Wrong as e:
             report = {"outcome": "wrong", "message": str(e)}
-        except BaseException as e:  # noqa: BLE001  (any Python exception is a clean refusal)
+        except getattr(target, "refusals", (Exception,)) as e:
             report = {"outcome": "error", "message": f"{type(e).__name__}: {e}"}
+        except BaseException as e:  # noqa: BLE001
+            report = {"outcome": "crash", "message": f"uncaught {type(e).__name__}: {e}"}
         # the scratch path differs per file: without it equal messages group
         report["message"] = report["message"].replace(path, "FILE")[:2000]
         os.write(w, json.dumps(report).encode())

@@ -97,6 +97,13 @@ def _raise(path):
     raise ValueError(f"refused {path}")
 
 
+def _raise_unexpected(path):
+    raise TypeError("a traceback the user would see")
+
+
+_raise_unexpected.refusals = (KeyError,)
+
+
 def _wrong(path):
     fz._check_logits(np.array([0.0, np.nan], dtype=np.float32), 0)
 
@@ -131,7 +138,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_runner_classifies_fake_targets(tmp_path):
-    targets = {"ok": _ok, "error": _raise, "wrong": _wrong, "crash-abort": _abort, "crash-segv": _segfault,
+    targets = {"ok": _ok, "error": _raise, "uncaught": _raise_unexpected, "wrong": _wrong, "crash-abort": _abort,
+               "crash-segv": _segfault,
                "crash-exit": _exit_outside_protocol, "hang": _sleep_with_grandchild}
     results = {}
     start = time.monotonic()
@@ -143,6 +151,7 @@ def test_runner_classifies_fake_targets(tmp_path):
     assert results["ok"].outcome == "ok"
     assert results["error"].outcome == "error"
     assert results["error"].message.startswith("ValueError: refused FILE")  # the scratch path is masked
+    assert results["uncaught"].outcome == "crash" and results["uncaught"].message.startswith("uncaught TypeError")
     assert results["wrong"].outcome == "wrong" and "NaN" in results["wrong"].message
     assert results["crash-abort"].outcome == "crash" and results["crash-abort"].message == "SIGABRT"
     assert results["crash-segv"].outcome == "crash" and results["crash-segv"].message == "SIGSEGV"

@@ -10,6 +10,7 @@ llama.cpp's own llama-completion (the engine's check is in the loader, so the to
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import struct
 import subprocess
@@ -45,6 +46,12 @@ def set_token(src: Path, dst: Path, old: str, new: str) -> Path:
     part = next(field.parts[i] for i in field.data if field.parts[i].tobytes() == old.encode())
     part[:] = list(new.encode())
     reader.data.flush()
+    return dst
+
+
+def replace_bytes(src: Path, dst: Path, old: bytes, new: bytes) -> Path:
+    assert len(old) == len(new)
+    dst.write_bytes(src.read_bytes().replace(old, new, 1))
     return dst
 
 
@@ -113,6 +120,9 @@ CASES = [
     ("byte_token_missing", "i2_s", lambda s, d: set_token(s, d, "<0x65>", "<0xZZ>"), "byte <0x65>"),
     # gguf-py read it as nested arrays, looping for minutes (Python, before the engine)
     ("array_of_arrays", "i2_s", lambda s, d: set_array_item_type(s, d, "tokenizer.ggml.scores", 9), "array of arrays"),
+    # a UnicodeDecodeError traceback from bitnet_tools' own header check (Python)
+    ("architecture_not_utf8", "tq2_0", lambda s, d: replace_bytes(s, d, b"bitnet-b1.58", b"bitnet\xffb1.58"),
+     "not a readable GGUF file"),
 ]
 
 
@@ -177,7 +187,10 @@ def test_llama_tools_refuse_too(damaged, case, tools):
 
 def test_context_larger_than_memory_is_refused_before_allocation(seeds):
     """A KV cache beyond physical memory used to be allocated and cleared page by page first."""
-    code = LOAD.replace("n_ctx=64", "n_ctx=10**8")
+    # the tiny model's KV cache takes 1 KiB per token (2 layers x (128 K + 128 V values) x f16): twice
+    # this machine's memory
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    code = LOAD.replace("n_ctx=64", f"n_ctx={min(2**32 - 1, 2 * memory // 1024)}")
     r = subprocess.run([sys.executable, "-c", code, str(seeds["i2_s"])], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "KV cache" in r.stderr and "smaller context" in r.stderr, r.stderr
 
