@@ -180,7 +180,7 @@ def test_bitnet_serve_refuses_to_start(damaged, case):
 def test_llama_tools_refuse_too(damaged, case, tools):
     """llama.cpp's own programs load through the same checked loader."""
     path, words = damaged[case]
-    r = subprocess.run([str(tools() / "llama-completion"), "-m", str(path), "-p", "hi", "-n", "2", "-no-cnv", "-c", "128"],
+    r = subprocess.run([str(tools / "llama-completion"), "-m", str(path), "-p", "hi", "-n", "2", "-no-cnv", "-c", "128"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode > 0 and words in r.stdout + r.stderr, (r.returncode, (r.stdout + r.stderr)[-2000:])
 
