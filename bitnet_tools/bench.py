@@ -149,9 +149,13 @@ class Result:
 
 
 def run_one(bench_bin: Path, model: Path, qtype: str, threads: int, n_prompt: int, n_gen: int, reps: int,
-            watts_per_core: float, powercap: Path = POWERCAP, engine_name: str = "bitnet-tools") -> Result:
+            watts_per_core: float, powercap: Path = POWERCAP, engine_name: str = "bitnet-tools",
+            rpc: list[str] | None = None, tensor_split: list[float] | None = None) -> Result:
     cmd = [str(bench_bin), "-m", str(model), "-t", str(threads), "-p", str(n_prompt), "-n", str(n_gen),
            "-r", str(reps), "-o", "json"]
+    if rpc:  # every layer on the workers (their threads are their own: bitnet rpc-server -t)
+        cmd += ["--rpc", ",".join(rpc), "-ngl", "99"] + (["-ts", "/".join(f"{x:g}" for x in tensor_split)]
+                                                         if tensor_split else [])
     domains = rapl_domains(powercap)
     with tempfile.TemporaryFile("w+") as fout, tempfile.TemporaryFile("w+") as ferr:
         e0 = rapl_read(domains) if domains else None
@@ -216,10 +220,12 @@ def prepare_models(model: Path | None, shape: str, types: list[str], models_dir:
 
 
 def run_matrix(tools: Path, models: list[tuple[str, Path]], threads: list[int], n_prompt: int, n_gen: int,
-               reps: int, watts_per_core: float, baseline: Path | None, progress) -> list[Result]:
+               reps: int, watts_per_core: float, baseline: Path | None, progress, rpc: list[str] | None = None,
+               tensor_split: list[float] | None = None) -> list[Result]:
     """Every model x thread count x test (pp, tg) through our llama-bench, and stock types also
-    through the baseline's llama-bench when one is given."""
-    benches = [(tools / "llama-bench", "bitnet-tools")]
+    through the baseline's llama-bench when one is given. With rpc, the layers run on those
+    workers; energy and RSS are then this process's share only."""
+    benches = [(tools / "llama-bench", f"bitnet-tools rpc x{len(rpc)}" if rpc else "bitnet-tools")]
     runs = [(t, m, th, test, bb, eng) for t, m in models for th in threads for test in ("pp", "tg")
             for bb, eng in benches + ([(baseline, "stock")] if baseline is not None and t not in OURS else [])]
     task = progress.add_task("benchmarking", total=len(runs))
@@ -227,7 +233,7 @@ def run_matrix(tools: Path, models: list[tuple[str, Path]], threads: list[int], 
     for t, m, th, test, bb, eng in runs:
         progress.update(task, description=f"{t} {eng} {test} {th} thr")
         results.append(run_one(bb, m, t, th, n_prompt if test == "pp" else 0, n_gen if test == "tg" else 0,
-                               reps, watts_per_core, engine_name=eng))
+                               reps, watts_per_core, engine_name=eng, rpc=rpc, tensor_split=tensor_split))
         progress.advance(task)
     return results
 

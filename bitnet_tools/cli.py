@@ -270,11 +270,24 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
         raise typer.Exit(1)
 
 
-def _load(model: Path, ctx: int, threads: Optional[int], **kwargs):
+RPC_HELP = "Workers holding the model's layers: HOST:PORT[,HOST:PORT...] ('bitnet rpc-server' on each)."
+SPLIT_HELP = "Share of layers per --rpc worker, e.g. 3,1 (default: by each worker's free memory)."
+
+
+def _load(model: Path, ctx: int, threads: Optional[int], rpc: Optional[str] = None, split: Optional[str] = None,
+          **kwargs):
+    from .rpc import RPCError, parse_split, parse_workers
     from .runtime import ModelError, load
     try:
-        return load(model, n_ctx=ctx, n_threads=threads, **kwargs)
-    except ModelError as e:  # the engine's reason, or ours
+        workers = parse_workers(rpc) if rpc else None
+        tensor_split = parse_split(split, len(workers)) if workers and split else None
+        if split and not workers:
+            fail("--tensor-split needs --rpc: it divides the layers among RPC workers")
+        if workers:
+            from .rpc import exit_on_engine_abort
+            exit_on_engine_abort(lambda reason: err.print(f"[bold red]error:[/] {escape(reason)}", highlight=False))
+        return load(model, n_ctx=ctx, n_threads=threads, rpc=workers, tensor_split=tensor_split, **kwargs)
+    except (ModelError, RPCError) as e:  # the engine's reason, or ours
         fail(str(e))
 
 
@@ -311,9 +324,11 @@ def infer(
     ctx: int = typer.Option(2048, "-c", "--ctx-size", help="Context size."),
     conversation: bool = typer.Option(False, "-cnv", "--conversation", help="Chat with the model's chat template."),
     seed: int = typer.Option(-1, "--seed", help="Sampling seed (-1: random)."),
+    rpc: Optional[str] = typer.Option(None, "--rpc", help=RPC_HELP),
+    split: Optional[str] = typer.Option(None, "--tensor-split", "-ts", help=SPLIT_HELP),
 ):
     """Generate text, streaming tokens as they come; -cnv for a conversation."""
-    llm = _load(model, ctx, threads, seed=seed if seed >= 0 else 0xFFFFFFFF)
+    llm = _load(model, ctx, threads, rpc, split, seed=seed if seed >= 0 else 0xFFFFFFFF)
     if conversation:
         _chat(llm, temp, n, prompt or None)
         return
@@ -333,9 +348,11 @@ def chat(
     temp: float = typer.Option(0.8, "--temp", help="Sampling temperature."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads"),
     ctx: int = typer.Option(4096, "-c", "--ctx-size"),
+    rpc: Optional[str] = typer.Option(None, "--rpc", help=RPC_HELP),
+    split: Optional[str] = typer.Option(None, "--tensor-split", "-ts", help=SPLIT_HELP),
 ):
     """Chat with a model (its chat template); one message per line, an empty line ends."""
-    llm = _load(model, ctx, threads)
+    llm = _load(model, ctx, threads, rpc, split)
     _chat(llm, temp, n, system)
 
 
@@ -353,15 +370,25 @@ def serve(
     cache_ram: int = typer.Option(2048, "--cache-ram", help="MiB of host RAM for finished requests' KV states "
                                   "(a returning conversation skips its prompt); 0 disables it."),
     log: Optional[Path] = typer.Option(None, "--log-file", help="Server log (default: in the temp directory)."),
+    rpc: Optional[str] = typer.Option(None, "--rpc", help=RPC_HELP),
+    split: Optional[str] = typer.Option(None, "--tensor-split", "-ts", help=SPLIT_HELP),
 ):
     """OpenAI-compatible server for many users at once: llama.cpp's llama-server from our build
     (continuous batching), /v1/chat/completions, /v1/completions, /v1/models, /health."""
+    from .rpc import RPCError, parse_split, parse_workers
     from .runtime import ModelError
     from .server import ServeOptions, ServerError, default_log, serve_forever
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err.print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the model")
+    try:
+        workers = tuple(parse_workers(rpc)) if rpc else ()
+        tensor_split = tuple(parse_split(split, len(workers)) or ()) if workers else ()
+    except RPCError as e:
+        fail(str(e))
+    if split and not workers:
+        fail("--tensor-split needs --rpc: it divides the layers among RPC workers")
     opts = ServeOptions(model=model, host=host, port=port, parallel=parallel or 0, ctx=ctx, threads=threads or 0,
-                        alias=alias, api_key=api_key, cache_ram_mib=cache_ram)
+                        alias=alias, api_key=api_key, cache_ram_mib=cache_ram, rpc=workers, tensor_split=tensor_split)
     try:
         code = serve_forever(opts, _current_tools() / "llama-server", log or default_log(port), err)
     except (ServerError, ModelError) as e:
@@ -519,6 +546,36 @@ def info(model: Path = typer.Argument(..., help="A GGUF file.")):
     console.print(table)
 
 
+@app.command("rpc-server")
+def rpc_server(
+    host: str = typer.Option("127.0.0.1", "--host", "-H", help="IPv4 address to listen on (other than loopback "
+                             "needs --allow-network)."),
+    port: int = typer.Option(50052, "--port", "-p"),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: physical cores)."),
+    mem: Optional[int] = typer.Option(None, "--mem", help="MiB this worker offers (default: its free memory); "
+                                      "clients split layers by it."),
+    allow_network: bool = typer.Option(False, "--allow-network", help="Listen on a non-loopback address: the "
+                                       "protocol has no authentication, use a trusted network or a tunnel."),
+):
+    """A worker for --rpc: llama.cpp's ggml-rpc-server from our build, holding the layers a client gives it."""
+    import os
+    from .rpc import RPCError, check_bind, port_free, worker_command
+    from .runtime import physical_cores
+    try:
+        warning = check_bind(host, allow_network)
+        cmd, env = worker_command(_current_tools() / "ggml-rpc-server", host, port, threads or physical_cores(), mem)
+    except RPCError as e:
+        fail(str(e))
+    if not Path(cmd[0]).exists():
+        fail(f"{cmd[0]} is missing: run 'bitnet setup --engine-only' (it builds the RPC worker with the engine)")
+    if not port_free(cmd[2], port):
+        fail(f"port {port} on {host} is in use: choose another with --port")
+    if warning:
+        err.print(warning)
+    sys.stdout.flush()
+    os.execve(cmd[0], cmd, env)  # the worker is this process: signals and exit code are its own
+
+
 @app.command()
 def bench(
     threads: str = typer.Option(None, "-t", "--threads", help="Thread counts: 2, 1,2 or 1-4 (default: physical cores)."),
@@ -534,6 +591,8 @@ def bench(
                                          "when RAPL counters are not readable."),
     outdir: Path = typer.Option(Path("bench-results"), "--outdir", help="Where JSON, CSV and PNG go."),
     models_dir: Path = typer.Option(engine.ROOT / "models" / "bench", "--models-dir", help="Cache of dummy models."),
+    rpc: Optional[str] = typer.Option(None, "--rpc", help=RPC_HELP + " Every layer runs on the workers."),
+    split: Optional[str] = typer.Option(None, "--tensor-split", "-ts", help=SPLIT_HELP),
 ):
     """Throughput, memory and energy per token: our ternary types against stock llama.cpp types, one run."""
     from rich.progress import Progress
@@ -547,13 +606,29 @@ def bench(
         fail(str(e))
     if baseline is not None and not baseline.exists():
         fail(f"--baseline {baseline} does not exist: point it at a stock build's llama-bench binary")
+    from .rpc import RPCError, parse_split, parse_workers
+    try:
+        workers = parse_workers(rpc) if rpc else []
+        tensor_split = parse_split(split, len(workers)) if workers else None
+    except RPCError as e:
+        fail(str(e))
+    if split and not workers:
+        fail("--tensor-split needs --rpc: it divides the layers among RPC workers")
+    if workers and baseline is not None:
+        fail("--baseline and --rpc together are not supported: a stock build cannot use our workers")
+    if workers:  # llama-bench skips a refused worker and runs locally: check them here, with the reason
+        from .rpc import add_workers
+        try:
+            add_workers(workers)
+        except RPCError as e:
+            fail(str(e))
     type_list = [t.strip().lower() for t in types.split(",") if t.strip()]
     command = "bitnet bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "bitnet bench"
     try:
         with Progress(console=err) as progress:
             models = b.prepare_models(model, shape, type_list, models_dir, tools, progress)
             results = b.run_matrix(tools, models, thread_list, n_prompt, n_gen, reps, watts_per_core, baseline,
-                                   progress)
+                                   progress, rpc=workers, tensor_split=tensor_split)
     except (b.BenchError, ValueError, OSError) as e:
         if _debug:
             raise

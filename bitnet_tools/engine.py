@@ -33,7 +33,7 @@ PATCHES = ROOT / "patches"
 BUILD = ROOT / "build"
 
 TOOLS = ["llama-quantize", "llama-bench", "llama-batched-bench", "llama-perplexity", "llama-completion", "llama-server",
-         "test-quantize-fns", "test-backend-ops", "bitnet-logits"]
+         "ggml-rpc-server", "test-quantize-fns", "test-backend-ops", "bitnet-logits"]
 
 # Debian packages that provide the build tools, for the error message when one is missing
 BUILD_REQUIREMENTS = {"cmake": "cmake", "cc": "gcc", "c++": "g++", "ninja": "ninja-build", "git": "git"}
@@ -85,15 +85,23 @@ COMMON_CMAKE = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENS
 SERVER_CMAKE = ["-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF"]
 
 
+def rpc_cmake() -> list[str]:
+    """llama.cpp's RPC backend, tagged with our series id: RPC workers and clients compare it in
+    their handshake (patch 0009), so hosts of different builds refuse each other. The id leaves
+    out the CPU flavor on purpose: an AVX2 worker and an AVX-512 client run the same types."""
+    return ["-DGGML_RPC=ON", "-DGGML_RPC_RDMA=OFF", f"-DBITNET_SERIES={series_hash()[:12]}"]
+
+
 def wheel_cmake_args(flavor: str) -> list[str]:
     """CMake arguments of the llama-cpp-python wheel (the library `import llama_cpp` loads)."""
-    return FLAVORS[flavor] + COMMON_CMAKE + ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_SERVER=OFF"]
+    return FLAVORS[flavor] + COMMON_CMAKE + rpc_cmake() + ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_TOOLS=OFF",
+                                                           "-DLLAMA_BUILD_SERVER=OFF"]
 
 
 def tools_cmake_args(flavor: str) -> list[str]:
     """CMake arguments of llama.cpp's own tools and tests built from the same tree."""
-    return ["-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_TOOLS=ON", *COMMON_CMAKE, *SERVER_CMAKE, *FLAVORS[flavor],
-            *cross_cmake(flavor)]
+    return ["-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_TOOLS=ON", *COMMON_CMAKE, *rpc_cmake(), *SERVER_CMAKE,
+            *FLAVORS[flavor], *cross_cmake(flavor)]
 
 
 def host_is_aarch64() -> bool:

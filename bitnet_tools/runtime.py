@@ -124,14 +124,29 @@ def engine_reason(lines: list[str]) -> str | None:
     return None
 
 
-def load(path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, **kwargs):
+def load(path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, rpc: list[str] | str | None = None,
+         tensor_split: list[float] | None = None, **kwargs):
     """A llama_cpp.Llama for a GGUF file, with threads = physical cores. A file or context the
-    engine refuses raises ModelError with the engine's reason."""
+    engine refuses raises ModelError with the engine's reason.
+
+    rpc: workers ('HOST:PORT', see bitnet_tools.rpc) that hold the model's layers, split by their
+    free memory or by tensor_split (one share per worker); a refused worker raises RPCError."""
     import llama_cpp
 
     path = check_model_file(Path(path))
     kwargs.setdefault("verbose", False)
     threads = n_threads or physical_cores()
+    if rpc:
+        from . import rpc as rpc_mod
+        workers = rpc_mod.parse_workers(rpc)
+        rpc_mod.add_workers(workers)
+        if workers != rpc_mod.added_workers():
+            # ggml's device list is process-wide and llama-cpp-python cannot pass a per-model one
+            raise rpc_mod.RPCError(f"this process already uses RPC workers {','.join(rpc_mod.added_workers())}: "
+                                   f"load with the same list, or start a new process for other workers")
+        kwargs["n_gpu_layers"] = -1  # every layer to the workers; the embeddings stay here
+        if tensor_split:
+            kwargs["tensor_split"] = rpc_mod.parse_split(",".join(map(str, tensor_split)), len(workers))
     with engine_errors() as errors:
         try:
             return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, **kwargs)

@@ -53,6 +53,8 @@ class ServeOptions:
     # host-RAM cache of finished requests' KV states, so a returning conversation skips its
     # prompt (llama.cpp's default, 8 GiB, is a third of a 24 GiB machine); 0 disables it
     cache_ram_mib: int = 2048
+    rpc: tuple[str, ...] = ()            # RPC workers holding the layers (bitnet_tools.rpc)
+    tensor_split: tuple[float, ...] = ()  # share per worker; empty: by their free memory
 
     def command(self, binary: Path) -> list[str]:
         parallel = self.parallel or default_parallel()
@@ -63,6 +65,10 @@ class ServeOptions:
                "--cache-ram", str(self.cache_ram_mib), "--jinja", "--no-webui", "--metrics"]
         if self.api_key:
             cmd += ["--api-key", self.api_key]
+        if self.rpc:
+            cmd += ["--rpc", ",".join(self.rpc), "-ngl", "999"]
+            if self.tensor_split:
+                cmd += ["-ts", ",".join(f"{x:g}" for x in self.tensor_split)]
         return cmd
 
     @property
@@ -73,6 +79,8 @@ class ServeOptions:
 
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as llama-server binds: a port whose last connections are in TIME_WAIT is free to it
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -205,10 +213,34 @@ def serve_forever(opts: ServeOptions, binary: Path, log: Path, console) -> int:
                   f"{opts.url}/v1 ({parallel} slots of {slot_ctx} tokens, continuous batching); log: {log}; "
                   "Ctrl-C stops it", highlight=False)
     try:
-        code = proc.wait()
-        console.print(f"llama-server stopped (exit {code}): {_last_error(log)} (full log: {log})", highlight=False)
-        return code or 1
+        while True:
+            code = proc.wait()
+            console.print(f"llama-server stopped (exit {code}): {_last_error(log)} (full log: {log})", highlight=False)
+            if not opts.rpc:
+                return code or 1
+            proc = _restart_when_workers_answer(opts, binary, log, console)
     except KeyboardInterrupt:
         stop(proc)
         console.print("stopped")
         return 0
+
+
+RESTART_EVERY = 2.0  # seconds between attempts to start again after a lost RPC worker
+
+
+def _restart_when_workers_answer(opts: ServeOptions, binary: Path, log: Path, console) -> subprocess.Popen:
+    """With --rpc, a lost worker ends llama-server (ggml's RPC client cannot return that error to
+    a request): the requests in flight lose their connection, new ones are refused until the
+    worker answers again, and then the server starts again with the same options. Until Ctrl-C."""
+    said = None
+    while True:
+        time.sleep(RESTART_EVERY)
+        try:
+            proc = start(opts, binary, log)
+        except ServerError as e:
+            if str(e) != said:
+                console.print(f"waiting for the RPC workers to answer ({e})", highlight=False)
+                said = str(e)
+            continue
+        console.print(f"llama-server (pid {proc.pid}) serving again at {opts.url}/v1", highlight=False)
+        return proc
