@@ -64,9 +64,10 @@ _added: list[str] = []  # ggml's device registry is process-wide: add each worke
 
 
 def _ggml() -> ctypes.CDLL:
-    import llama_cpp
-    lib = Path(llama_cpp.__file__).parent / "lib" / "libggml.so"
-    ggml = ctypes.CDLL(str(lib))  # the copy llama_cpp already loaded: same registry
+    # ggml's functions as libllama sees them (dlsym searches a library's dependencies): the wheel
+    # holds libggml.so and libggml.so.0 as two files, and opening the other would give a second,
+    # empty device registry
+    from llama_cpp.llama_cpp import _lib as ggml
     ggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
     ggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
     ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
@@ -90,7 +91,7 @@ def add_workers(endpoints: list[str]) -> None:
     for e in endpoints:
         if e in _added:
             continue
-        with engine_errors() as errors:
+        with engine_errors(echo=False) as errors:  # the reason is raised, not printed too
             worker = add(e.encode())
         if not worker:
             raise RPCError(errors[-1] if errors else f"RPC worker {e} refused: see the worker's output")
@@ -146,7 +147,8 @@ def worker_command(binary: Path, host: str, port: int, threads: int, mem_mib: in
     """argv and environment of one worker (`ggml-rpc-server` from our build)."""
     if not 0 < port < 65536:
         raise RPCError(f"--port {port} is not a TCP port: give 1..65535")
-    env = dict(os.environ)
+    # a client session that dies on a hostile message ends in one line, without a debugger attaching
+    env = dict(os.environ, GGML_NO_BACKTRACE="1")
     if mem_mib is not None:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 20
         if not 0 < mem_mib <= total:

@@ -90,7 +90,7 @@ def _refuse_bitnet_cpp_tl(path: Path) -> None:
 
 
 @contextmanager
-def engine_errors():
+def engine_errors(echo: bool = True):
     """The engine's error lines logged inside the block. The engine checks every model it loads
     (patches/files/src/llama-bitnet-validate.cpp) and logs why it refuses one; llama_cpp then
     raises only "Failed to load model", and prints the log only when verbose."""
@@ -103,7 +103,8 @@ def engine_errors():
     def capture(level, text, user_data):
         if level == 4:  # GGML_LOG_LEVEL_ERROR (ggml.h; llama_cpp._logger still says 3)
             lines.append(text.decode("utf-8", errors="replace").strip())
-        _logger.llama_log_callback(level, text, user_data)
+        if echo:  # llama_cpp's own handling (printed when verbose)
+            _logger.llama_log_callback(level, text, user_data)
 
     llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
     try:

@@ -15,6 +15,7 @@ import argparse
 import os
 import queue
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -84,7 +85,9 @@ class Worker:
             cmd.append("--allow-network")
         if ns:
             cmd = ["ip", "netns", "exec", ns] + cmd
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # its own process group: the worker serves each client from a child process
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
@@ -102,9 +105,11 @@ class Worker:
         return self.proc.poll() is None
 
     def stop(self) -> str:
-        """Kill it; everything it printed."""
-        if self.proc.poll() is None:
-            self.proc.kill()
+        """Kill it and its client sessions; everything it printed."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         out, _ = self.proc.communicate(timeout=10)
         return out or ""
 
