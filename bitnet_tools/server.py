@@ -107,6 +107,10 @@ def _last_error(log: Path) -> str:
         lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return "no log"
+    # an engine abort names its cause after the source line ("ggml-rpc.cpp:463: RPC worker ... stopped answering")
+    aborted = [m.group(1) for ln in lines if (m := re.search(r"\.(?:c|cpp):\d+: (.+)", ln))]
+    if aborted:
+        return aborted[-1][:400]
     # the engine's refusal of the model or context ("0.00.014 E llama_model_load: error loading model: ...")
     refused = [m.group(1) for ln in lines if (m := re.match(r"[\d.]+ E (?:\w+ +)?(\w+: .+)", ln))]
     if refused and (reason := engine_reason(refused)):

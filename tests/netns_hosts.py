@@ -77,7 +77,8 @@ class Hosts:
 class Worker:
     """`bitnet rpc-server` on host:port, inside namespace ns when given."""
 
-    def __init__(self, host: str, port: int, ns: str | None = None, threads: int = 1, extra: tuple = ()):
+    def __init__(self, host: str, port: int, ns: str | None = None, threads: int = 1, extra: tuple = (),
+                 env: dict | None = None):
         self.endpoint = f"{host}:{port}"
         self.addr = (host, port)
         cmd = BITNET + ["rpc-server", "--host", host, "--port", str(port), "-t", str(threads), *extra]
@@ -87,7 +88,7 @@ class Worker:
             cmd = ["ip", "netns", "exec", ns] + cmd
         # its own process group: the worker serves each client from a child process
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+                                     start_new_session=True, env=dict(os.environ, **(env or {})))
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
@@ -183,7 +184,10 @@ def main() -> int:
     hosts = Hosts(args.hosts)
     workers, relays = [], []
     try:
-        workers = [Worker(a, 50052, ns, args.threads) for a, ns in zip(hosts.addrs, hosts.names)]
+        # the "hosts" share this machine's cores: a worker's idle OpenMP threads must not spin on
+        # the cores the next worker in the pipeline computes on (separate machines have their own)
+        workers = [Worker(a, 50052, ns, args.threads, env={"OMP_WAIT_POLICY": "PASSIVE"})
+                   for a, ns in zip(hosts.addrs, hosts.names)]
         if args.delay_ms is not None:
             relays = [DelayRelay(w.addr, args.delay_ms) for w in workers]
         endpoints = ",".join(r.endpoint for r in relays) if relays else ",".join(w.endpoint for w in workers)

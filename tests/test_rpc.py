@@ -435,3 +435,21 @@ def test_serve_over_rpc_survives_a_lost_worker(models, tmp_path):
         serve.send_signal(signal.SIGINT)
         out, _ = serve.communicate(timeout=30)
     assert "serving again" in out and worker.endpoint in out, out[-3000:]
+
+
+def test_split_follows_worker_memory_or_tensor_split(models, tmp_path):
+    """By default layers go by each worker's free memory (what --mem offers); --tensor-split
+    overrides it."""
+    small = Worker("127.0.0.1", free_port(), extra=("--mem", "64"))
+    big = Worker("127.0.0.1", free_port(), extra=("--mem", "16384"))
+    try:
+        _, by_memory = logits(models["i2_s"], tmp_path / "a.npy", [small.endpoint, big.endpoint])
+        r = subprocess.run([sys.executable, "-c", LOGITS.replace("type_v=0,", "type_v=0, tensor_split=[1, 0],"),
+                            str(models["i2_s"]), str(tmp_path / "b.npy"), json.dumps([small.endpoint, big.endpoint]),
+                            json.dumps(TOKENS)], capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr[-2000:]
+        by_split = set(re.findall(r"layer +\d+ assigned to device (\w+)", r.stderr))
+    finally:
+        small.stop(), big.stop()
+    assert by_memory == {"RPC1"}, by_memory   # 64 MiB against 16 GiB: every layer to the big worker
+    assert by_split == {"RPC0"}, by_split     # all to the first, as told
