@@ -443,13 +443,14 @@ def test_split_follows_worker_memory_or_tensor_split(models, tmp_path):
     small = Worker("127.0.0.1", free_port(), extra=("--mem", "64"))
     big = Worker("127.0.0.1", free_port(), extra=("--mem", "16384"))
     try:
-        _, by_memory = logits(models["i2_s"], tmp_path / "a.npy", [small.endpoint, big.endpoint])
-        r = subprocess.run([sys.executable, "-c", LOGITS.replace("type_v=0,", "type_v=0, tensor_split=[1, 0],"),
-                            str(models["i2_s"]), str(tmp_path / "b.npy"), json.dumps([small.endpoint, big.endpoint]),
+        # (llama.cpp gives layer 0 to the first worker with any share, so the big one goes first)
+        _, by_memory = logits(models["i2_s"], tmp_path / "a.npy", [big.endpoint, small.endpoint])
+        r = subprocess.run([sys.executable, "-c", LOGITS.replace("type_v=0,", "type_v=0, tensor_split=[0, 1],"),
+                            str(models["i2_s"]), str(tmp_path / "b.npy"), json.dumps([big.endpoint, small.endpoint]),
                             json.dumps(TOKENS)], capture_output=True, text=True, timeout=180)
         assert r.returncode == 0, r.stderr[-2000:]
         by_split = set(re.findall(r"layer +\d+ assigned to device (\w+)", r.stderr))
     finally:
         small.stop(), big.stop()
-    assert by_memory == {"RPC1"}, by_memory   # 64 MiB against 16 GiB: every layer to the big worker
-    assert by_split == {"RPC0"}, by_split     # all to the first, as told
+    assert by_memory == {"RPC0"}, by_memory   # 16 GiB against 64 MiB: every layer to the big worker
+    assert by_split == {"RPC1"}, by_split     # all to the small one, as told
