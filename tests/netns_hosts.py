@@ -155,8 +155,11 @@ class DelayRelay:
             wait = due - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-            if not data:
-                dst.close()
+            if not data:  # pass the end on (shutdown, not close: the other direction's reader may still wait)
+                try:
+                    dst.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
                 return
             try:
                 dst.sendall(data)
@@ -184,14 +187,14 @@ def main() -> int:
     hosts = Hosts(args.hosts)
     workers, relays = [], []
     try:
-        # the "hosts" share this machine's cores: a worker's idle OpenMP threads must not spin on
-        # the cores the next worker in the pipeline computes on (separate machines have their own)
-        workers = [Worker(a, 50052, ns, args.threads, env={"OMP_WAIT_POLICY": "PASSIVE"})
-                   for a, ns in zip(hosts.addrs, hosts.names)]
+        workers = [Worker(a, 50052, ns, args.threads) for a, ns in zip(hosts.addrs, hosts.names)]
         if args.delay_ms is not None:
             relays = [DelayRelay(w.addr, args.delay_ms) for w in workers]
         endpoints = ",".join(r.endpoint for r in relays) if relays else ",".join(w.endpoint for w in workers)
-        return subprocess.call([c.replace("{workers}", endpoints) for c in command])
+        # the "hosts" share this machine's cores: the client's idle OpenMP threads must not spin on
+        # the cores the workers compute on (on separate machines they would not be in the way)
+        return subprocess.call([c.replace("{workers}", endpoints) for c in command],
+                               env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
     finally:
         for r in relays:
             r.close()
