@@ -274,19 +274,28 @@ RPC_HELP = "Workers holding the model's layers: HOST:PORT[,HOST:PORT...] ('bitne
 SPLIT_HELP = "Share of layers per --rpc worker, e.g. 3,1 (default: by each worker's free memory)."
 
 
+def _workers(rpc: Optional[str], split: Optional[str]) -> tuple[list[str], Optional[list[float]]]:
+    """--rpc and --tensor-split, checked: the worker endpoints and the share of each (or None)."""
+    from .rpc import RPCError, parse_split, parse_workers
+    if split and not rpc:
+        fail("--tensor-split needs --rpc: it divides the layers among RPC workers")
+    try:
+        workers = parse_workers(rpc) if rpc else []
+        return workers, parse_split(split, len(workers)) if workers else None
+    except RPCError as e:
+        fail(str(e))
+
+
 def _load(model: Path, ctx: int, threads: Optional[int], rpc: Optional[str] = None, split: Optional[str] = None,
           **kwargs):
-    from .rpc import RPCError, parse_split, parse_workers
+    from .rpc import RPCError
     from .runtime import ModelError, load
+    workers, tensor_split = _workers(rpc, split)
     try:
-        workers = parse_workers(rpc) if rpc else None
-        tensor_split = parse_split(split, len(workers)) if workers and split else None
-        if split and not workers:
-            fail("--tensor-split needs --rpc: it divides the layers among RPC workers")
         if workers:
             from .rpc import exit_on_engine_abort
             exit_on_engine_abort(lambda reason: err.print(f"[bold red]error:[/] {escape(reason)}", highlight=False))
-        return load(model, n_ctx=ctx, n_threads=threads, rpc=workers, tensor_split=tensor_split, **kwargs)
+        return load(model, n_ctx=ctx, n_threads=threads, rpc=workers or None, tensor_split=tensor_split, **kwargs)
     except (ModelError, RPCError) as e:  # the engine's reason, or ours
         fail(str(e))
 
@@ -375,20 +384,14 @@ def serve(
 ):
     """OpenAI-compatible server for many users at once: llama.cpp's llama-server from our build
     (continuous batching), /v1/chat/completions, /v1/completions, /v1/models, /health."""
-    from .rpc import RPCError, parse_split, parse_workers
     from .runtime import ModelError
     from .server import ServeOptions, ServerError, default_log, serve_forever
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err.print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the model")
-    try:
-        workers = tuple(parse_workers(rpc)) if rpc else ()
-        tensor_split = tuple(parse_split(split, len(workers)) or ()) if workers else ()
-    except RPCError as e:
-        fail(str(e))
-    if split and not workers:
-        fail("--tensor-split needs --rpc: it divides the layers among RPC workers")
+    workers, tensor_split = _workers(rpc, split)
     opts = ServeOptions(model=model, host=host, port=port, parallel=parallel or 0, ctx=ctx, threads=threads or 0,
-                        alias=alias, api_key=api_key, cache_ram_mib=cache_ram, rpc=workers, tensor_split=tensor_split)
+                        alias=alias, api_key=api_key, cache_ram_mib=cache_ram, rpc=tuple(workers),
+                        tensor_split=tuple(tensor_split or ()))
     try:
         code = serve_forever(opts, _current_tools() / "llama-server", log or default_log(port), err)
     except (ServerError, ModelError) as e:
@@ -606,18 +609,11 @@ def bench(
         fail(str(e))
     if baseline is not None and not baseline.exists():
         fail(f"--baseline {baseline} does not exist: point it at a stock build's llama-bench binary")
-    from .rpc import RPCError, parse_split, parse_workers
-    try:
-        workers = parse_workers(rpc) if rpc else []
-        tensor_split = parse_split(split, len(workers)) if workers else None
-    except RPCError as e:
-        fail(str(e))
-    if split and not workers:
-        fail("--tensor-split needs --rpc: it divides the layers among RPC workers")
+    workers, tensor_split = _workers(rpc, split)
     if workers and baseline is not None:
         fail("--baseline and --rpc together are not supported: a stock build cannot use our workers")
     if workers:  # llama-bench skips a refused worker and runs locally: check them here, with the reason
-        from .rpc import add_workers
+        from .rpc import RPCError, add_workers
         try:
             add_workers(workers)
         except RPCError as e:

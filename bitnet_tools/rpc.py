@@ -23,7 +23,6 @@ import socket
 from pathlib import Path
 
 DEFAULT_PORT = 50052
-LOOPBACK = ("127.0.0.1", "localhost")
 
 
 class RPCError(ValueError):
