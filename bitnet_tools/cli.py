@@ -562,8 +562,9 @@ def rpc_server(
 ):
     """A worker for --rpc: llama.cpp's ggml-rpc-server from our build, holding the layers a client gives it."""
     import os
-    from .rpc import RPCError, check_bind, port_free, worker_command
+    from .rpc import RPCError, check_bind, worker_command
     from .runtime import physical_cores
+    from .server import port_in_use
     try:
         warning = check_bind(host, allow_network)
         cmd, env = worker_command(_current_tools() / "ggml-rpc-server", host, port, threads or physical_cores(), mem)
@@ -571,7 +572,7 @@ def rpc_server(
         fail(str(e))
     if not Path(cmd[0]).exists():
         fail(f"{cmd[0]} is missing: run 'bitnet setup --engine-only' (it builds the RPC worker with the engine)")
-    if not port_free(cmd[2], port):
+    if port_in_use(cmd[2], port):
         fail(f"port {port} on {host} is in use: choose another with --port")
     if warning:
         err.print(warning)

@@ -19,7 +19,6 @@ import ctypes
 import ipaddress
 import os
 import re
-import socket
 from pathlib import Path
 
 DEFAULT_PORT = 50052
@@ -44,12 +43,12 @@ def parse_workers(spec: str | list[str]) -> list[str]:
     return endpoints
 
 
-def parse_split(spec: str | None, n_workers: int) -> list[float] | None:
-    """'3,1' -> [3.0, 1.0]: the share of layers each worker takes, in --rpc order."""
+def parse_split(spec: str | list[float] | None, n_workers: int) -> list[float] | None:
+    """'3,1' (or a list) -> [3.0, 1.0]: the share of layers each worker takes, in --rpc order."""
     if not spec:
         return None
     try:
-        split = [float(x) for x in spec.split(",")]
+        split = [float(x) for x in (spec.split(",") if isinstance(spec, str) else spec)]
     except ValueError:
         raise RPCError(f"--tensor-split {spec!r} is not a list of numbers: write e.g. 3,1") from None
     if len(split) != n_workers or any(not x >= 0 for x in split) or sum(split) <= 0:
@@ -154,12 +153,3 @@ def worker_command(binary: Path, host: str, port: int, threads: int, mem_mib: in
             raise RPCError(f"--mem {mem_mib} MiB: this host has {total} MiB: give 1..{total}")
         env["BITNET_RPC_MEM_MIB"] = str(mem_mib)  # what the worker reports as its memory (patch 0009)
     return [str(binary), "-H", "127.0.0.1" if host == "localhost" else host, "-p", str(port), "-t", str(threads)], env
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True

@@ -147,7 +147,7 @@ def load(path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, rpc:
                                    f"load with the same list, or start a new process for other workers")
         kwargs["n_gpu_layers"] = -1  # every layer to the workers; the embeddings stay here
         if tensor_split:
-            kwargs["tensor_split"] = rpc_mod.parse_split(",".join(map(str, tensor_split)), len(workers))
+            kwargs["tensor_split"] = rpc_mod.parse_split(tensor_split, len(workers))
     with engine_errors() as errors:
         try:
             return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, **kwargs)

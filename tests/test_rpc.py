@@ -29,6 +29,7 @@ import pytest
 from netns_hosts import Hosts, Worker
 
 from bitnet_tools import dummy, engine, rpc
+from bitnet_tools.server import free_port
 
 BITNET = netns_hosts.BITNET
 TOKENS = [1, 17, 42, 99, 7, 256, 300, 5]
@@ -120,12 +121,6 @@ def hosts():
     h = Hosts(2)
     yield h
     h.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- models and logits
