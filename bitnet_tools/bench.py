@@ -106,7 +106,9 @@ def bench_model(shape: str, qtype: str, outdir: Path, tools: Path, note=log.warn
         return path
     if shape not in dummy.SHAPES:
         raise BenchError(f"unknown shape {shape!r}: choose one of {', '.join(dummy.SHAPES)}")
-    embd = embedding_type(None, dummy.SHAPES[shape].n_embd, "q6_k")[0].name.lower()
+    # an embedding model's token embedding is f16, as converted (only looked up: no effect on speed)
+    embd = embedding_type(None, dummy.SHAPES[shape].n_embd, "f16" if dummy.SHAPES[shape].embedding else "q6_k")
+    embd = embd[0].name.lower()
     if qtype in TERNARY_TYPES:
         misfits = dummy.unheld_widths(dummy.SHAPES[shape], TERNARY_TYPES[qtype])
         if not misfits:
@@ -150,9 +152,11 @@ class Result:
 
 def run_one(bench_bin: Path, model: Path, qtype: str, threads: int, n_prompt: int, n_gen: int, reps: int,
             watts_per_core: float, powercap: Path = POWERCAP, engine_name: str = "bitnet-tools",
-            rpc: list[str] | None = None, tensor_split: list[float] | None = None) -> Result:
+            rpc: list[str] | None = None, tensor_split: list[float] | None = None, embeddings: bool = False) -> Result:
     cmd = [str(bench_bin), "-m", str(model), "-t", str(threads), "-p", str(n_prompt), "-n", str(n_gen),
            "-r", str(reps), "-o", "json"]
+    if embeddings:   # an embedding model: the text goes through once and is pooled (test "embd<N>")
+        cmd += ["-embd", "1"]
     if rpc:  # every layer on the workers (their threads are their own: bitnet rpc-server -t)
         cmd += ["--rpc", ",".join(rpc), "-ngl", "99"] + (["-ts", "/".join(f"{x:g}" for x in tensor_split)]
                                                          if tensor_split else [])
@@ -175,7 +179,7 @@ def run_one(bench_bin: Path, model: Path, qtype: str, threads: int, n_prompt: in
     if len(rows) != 1:
         raise BenchError(f"llama-bench returned {len(rows)} results for one test")
     row = rows[0]
-    test = f"pp{n_prompt}" if n_prompt else f"tg{n_gen}"
+    test = f"{'embd' if embeddings else 'pp'}{n_prompt}" if n_prompt else f"tg{n_gen}"
     tps = float(row["avg_ts"])
     joules = rapl_joules(domains, e0, e1) if domains else None
     energy = energy_per_token(tps, wall, usage.ru_utime + usage.ru_stime, joules, watts_per_core)
@@ -224,16 +228,21 @@ def run_matrix(tools: Path, models: list[tuple[str, Path]], threads: list[int], 
                tensor_split: list[float] | None = None) -> list[Result]:
     """Every model x thread count x test (pp, tg) through our llama-bench, and stock types also
     through the baseline's llama-bench when one is given. With rpc, the layers run on those
-    workers; energy and RSS are then this process's share only."""
+    workers; energy and RSS are then this process's share only. An embedding model (its GGUF
+    pools) runs the prompt test only, with embeddings on: that is all it does."""
+    from .embed import pooling_type
     benches = [(tools / "llama-bench", f"bitnet-tools rpc x{len(rpc)}" if rpc else "bitnet-tools")]
-    runs = [(t, m, th, test, bb, eng) for t, m in models for th in threads for test in ("pp", "tg")
+    pools = {m: pooling_type(m) is not None for _, m in models}
+    runs = [(t, m, th, test, bb, eng) for t, m in models for th in threads
+            for test in (("pp",) if pools[m] else ("pp", "tg"))
             for bb, eng in benches + ([(baseline, "stock")] if baseline is not None and t not in OURS else [])]
     task = progress.add_task("benchmarking", total=len(runs))
     results = []
     for t, m, th, test, bb, eng in runs:
         progress.update(task, description=f"{t} {eng} {test} {th} thr")
         results.append(run_one(bb, m, t, th, n_prompt if test == "pp" else 0, n_gen if test == "tg" else 0,
-                               reps, watts_per_core, engine_name=eng, rpc=rpc, tensor_split=tensor_split))
+                               reps, watts_per_core, engine_name=eng, rpc=rpc, tensor_split=tensor_split,
+                               embeddings=pools[m]))
         progress.advance(task)
     return results
 

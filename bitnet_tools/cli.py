@@ -217,6 +217,14 @@ def _convert(src: Path, out: Path, qtype: str, embd: Optional[str], force: bool,
 
 
 def _verify(model: Path, threads: Optional[int]) -> None:
+    from .embed import embed, pooling_type
+    if pooling_type(model) is not None:   # an embedding model: embed, and compare a related and an unrelated text
+        llm = _load(model, 512, threads, embedding=True)
+        v = embed(llm, ["query: what is BitNet?", "BitNet b1.58 is a language model with ternary weights.",
+                        "The cat sat on the mat."])
+        console.print(f"verification ({model.name}): {v.shape[1]} values per text; cosine with the query: related "
+                      f"text {v[0] @ v[1]:.3f}, unrelated text {v[0] @ v[2]:.3f}", highlight=False)
+        return
     llm = _load(model, 512, threads)
     out = llm("The capital of France is", max_tokens=16, temperature=0.0)
     console.print(f"verification ({model.name}, greedy): {out['choices'][0]['text']!r}", highlight=False)
@@ -366,6 +374,40 @@ def chat(
 
 
 @app.command()
+def embed(
+    model: Path = typer.Option(..., "-m", "--model", help="GGUF embedding model (bitnet-embedding-0.6b / -270m)."),
+    prompt: list[str] = typer.Option([], "-p", "--prompt", help="A text to embed (repeatable)."),
+    file: Optional[Path] = typer.Option(None, "-f", "--file", help="Texts to embed, one per line ('-': stdin)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the vectors: .npy (matrix) or .json."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: physical cores)."),
+    ctx: int = typer.Option(2048, "-c", "--ctx-size", help="Tokens per batch of texts (the longest text allowed)."),
+):
+    """Embed texts: unit-length vectors, one per text, pooled as the model says (the last token
+    for the BitNet embedding models). Many texts are embedded per batch."""
+    from .embed import EmbedError, embed as embed_texts, read_texts, write_vectors
+    try:
+        texts = read_texts(prompt, file)
+        if out is not None and out.suffix not in (".npy", ".json"):
+            raise EmbedError(f"--out {out}: name a .npy or .json file")
+        llm = _load(model, ctx, threads, embedding=True, n_batch=ctx, n_ubatch=ctx)
+        with err.status(f"embedding {len(texts)} text(s)"):
+            vectors = embed_texts(llm, texts)
+        if out is not None:
+            write_vectors(out, texts, vectors)
+    except EmbedError as e:
+        fail(str(e))
+    table = Table(title=f"{len(texts)} embedding(s) of {vectors.shape[1]} values, L2-normalised")
+    for col in ("#", "text", "first values"):
+        table.add_column(col)
+    for i, (text, v) in enumerate(zip(texts, vectors)):
+        table.add_row(str(i + 1), escape(text if len(text) <= 48 else text[:45] + "..."),
+                      " ".join(f"{x:+.4f}" for x in v[:4]) + " ...")
+    console.print(table)
+    if out is not None:
+        console.print(f"wrote {out}")
+
+
+@app.command()
 def serve(
     model: Path = typer.Option(..., "-m", "--model", help="GGUF model."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (other than loopback: see --api-key)."),
@@ -383,7 +425,8 @@ def serve(
     split: Optional[str] = typer.Option(None, "--tensor-split", "-ts", help=SPLIT_HELP),
 ):
     """OpenAI-compatible server for many users at once: llama.cpp's llama-server from our build
-    (continuous batching), /v1/chat/completions, /v1/completions, /v1/models, /health."""
+    (continuous batching), /v1/chat/completions, /v1/completions, /v1/models, /health; for an
+    embedding model /v1/embeddings (unit-length vectors) instead of the completions."""
     from .runtime import ModelError
     from .server import ServeOptions, ServerError, default_log, serve_forever
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
@@ -498,7 +541,8 @@ def dummy(
 
     if shape not in dummy_mod.SHAPES:
         fail(f"unknown shape {shape!r}: choose one of {', '.join(dummy_mod.SHAPES)}")
-    n_tensors = 2 + 11 * (layers or dummy_mod.SHAPES[shape].n_layer)
+    s = dummy_mod.SHAPES[shape]
+    n_tensors = 2 + (7 + len(dummy_mod.layer_norms(s))) * (layers or s.n_layer)
     try:
         with Progress(console=err, transient=True) as progress:
             task = progress.add_task(f"writing {out.name}", total=n_tensors)

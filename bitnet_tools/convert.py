@@ -3,7 +3,9 @@
     convert(model_dir, outfile, outtype="i2_s", embd_type=None, force=False, progress=None) -> Path
 
 Families (bitnet_tools/models/): 1bitLLM bitnet_b1_58 (`bitnet`), BitNet-b1.58-2B-4T and its
--bf16 master weights (`bitnet-b1.58`), Llama-shaped 1.58-bit models (`llama`).
+-bf16 master weights (`bitnet-b1.58`), Llama-shaped 1.58-bit models (`llama`), and the
+bitnet-embedding models on Qwen3 (`qwen3`) and Gemma 3 (`gemma3`) backbones: text embeddings
+(last-token pooling), an RMSNorm before every projection (`*_norm_in`), no output head.
 
 Every BitLinear weight is written as exactly q*s (q in {-1, 0, 1}, one scale per tensor), so
 each output type holds the model's own weights: f32/i2_s/tl1/tl2 exactly, f16/tq1_0/tq2_0 with
@@ -33,7 +35,7 @@ from gguf.constants import GGMLQuantizationType as T
 
 from . import quants  # noqa: F401  (registers our types with gguf-py)
 from .engine import EngineError
-from .models import Family, families, for_architecture
+from .models import NORMS, Family, families, for_architecture, for_model_type
 from .writer import (EMBEDDING_TYPES, TERNARY_TYPES, PendingTensor, embedding_type, encode_rows, file_type,
                      row_block, ternary_type_for, write_gguf)
 
@@ -54,7 +56,6 @@ LINEARS = {  # HF leaf -> GGUF name
     "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
 }
-NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
 LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
 INT32_MAX = 2**31 - 1   # sizes and counts: GGUF stores them as uint32, llama.cpp holds them in int32
 # what the engine accepts when it loads a file (patches/files/src/llama-bitnet-validate.cpp):
@@ -73,6 +74,8 @@ CHKTXT = ('\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u
 PRE_BY_HASH = {
     "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # Meta-Llama-3-8B, BitNet 2B-4T
     "9d032fcbd5501f4a38150912590928bfb36091efb5df11b8e2124b0390e3fb1e": "falcon3",    # Falcon3-7B-Base
+    "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",      # Qwen3-Embedding-0.6B
+    "855d9fb74bb0b28ce2305e9cd037ff6d8c798f18d19381ddfc14bea3dc9c002f": "qwen2",      # bitnet-embedding-0.6b
 }
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -102,6 +105,12 @@ class Checkpoint:
                     raise ConvertError(f"tensor {name} is in both {self.index[name][0].name} and {f.name}: keep "
                                        "only the *.safetensors files of one download of the model")
                 self.index[name] = (f, shape, dtype)
+        # a base model saved without its head (the embedding models: Qwen3Model, Gemma3TextModel) has
+        # no "model." prefix; name its tensors as a full checkpoint does, reading them by their own names
+        self.stored = {name: name for name in self.index}
+        if "embed_tokens.weight" in self.index and not any(n.startswith("model.") for n in self.index):
+            self.stored = {"model." + name: name for name in self.index}
+            self.index = {"model." + name: v for name, v in self.index.items()}
 
     def _header(self, f: Path) -> list[tuple[str, tuple[int, ...], str]]:
         """(name, shape, dtype) of each tensor in `f`. safetensors checks the header against the
@@ -132,7 +141,7 @@ class Checkpoint:
         f = self.index[name][0]
         try:
             with self._safe_open(str(f), framework="pt") as sf:
-                t = sf.get_tensor(name)
+                t = sf.get_tensor(self.stored[name])
         except Exception as e:  # noqa: BLE001
             raise ConvertError(f"cannot read tensor {name} from {f.name}: {_one_line(e)} "
                                "(truncated or corrupt download? fetch the file again)") from e
@@ -239,6 +248,8 @@ def _object(cfg: dict, key: str) -> dict:
 
 def _rope(cfg: dict, default_theta: float) -> tuple[float, dict | None]:
     params, scaling = _object(cfg, "rope_parameters"), _object(cfg, "rope_scaling")
+    if "full_attention" in params:   # per layer kind (Gemma 3): the full-attention layers' RoPE is the main one
+        params = _object(params, "full_attention")
     if cfg.get("rope_theta") is not None:
         theta = _positive("rope_theta", cfg["rope_theta"], default_theta, FLOAT32_MAX)
     else:   # transformers >= 5 writes it here
@@ -273,7 +284,7 @@ def hparams(cfg: dict, fam: Family) -> HParams:
     if head_dim % 2:
         raise ConvertError(f"config.json: {head_dim_key}={head_dim} is odd, but RoPE rotates pairs of values: "
                            "fix the checkpoint's config.json")
-    act = cfg.get("hidden_act")
+    act = cfg.get("hidden_act", cfg.get("hidden_activation"))   # Gemma names it hidden_activation
     act = fam.default_act if act is None else act
     if act not in fam.supported_acts:
         raise ConvertError(f"config.json: hidden_act={_shown(act)} is not what GGUF arch {fam.gguf_arch!r} computes "
@@ -329,7 +340,10 @@ def model_name(cfg: dict, model_dir: Path) -> str:
 
 def pick_family(cfg: dict) -> Family:
     archs = cfg.get("architectures")
-    known = ", ".join(a for f in families() for a in f.architectures)
+    known = ", ".join([a for f in families() for a in f.architectures]
+                      + [f"model_type {m}" for f in families() for m in f.model_types])
+    if archs is None and for_model_type(str(cfg.get("model_type"))) is not None:
+        return for_model_type(str(cfg.get("model_type")))
     if archs is None:
         raise ConvertError(f"config.json has no architectures (model_type {_shown(cfg.get('model_type'))}): "
                            f"this converter handles {known}; fetch the model's own config.json")
@@ -339,6 +353,9 @@ def pick_family(cfg: dict) -> Family:
         fam = for_architecture(a)
         if fam is not None:
             return fam
+    fam = for_model_type(cfg.get("model_type")) if isinstance(cfg.get("model_type"), str) else None
+    if fam is not None:   # the embedding models carry their backbone's architectures
+        return fam
     raise ConvertError(f"unknown architecture {_shown(archs)} in config.json's architectures: this converter "
                        f"handles {known}; convert a checkpoint of one of those")
 
@@ -516,7 +533,27 @@ def _pre_from_json(model_dir: Path) -> str:
     return "default"
 
 
-def add_vocab(w: gguf.GGUFWriter, model_dir: Path, n_vocab: int, cfg: dict) -> None:
+def pooling(model_dir: Path) -> gguf.PoolingType:
+    """How an embedding model pools: its sentence-transformers Pooling module when it has one
+    (modules.json -> <path>/config.json), else the last token, as the bitnet-embedding models do."""
+    modes = {"pooling_mode_lasttoken": gguf.PoolingType.LAST, "pooling_mode_mean_tokens": gguf.PoolingType.MEAN,
+             "pooling_mode_cls_token": gguf.PoolingType.CLS}
+    try:
+        modules = json.loads((model_dir / "modules.json").read_text(encoding="utf-8"))
+        for m in modules:
+            if str(m.get("type", "")).endswith(".Pooling"):
+                pool = json.loads((model_dir / m.get("path", "") / "config.json").read_text(encoding="utf-8"))
+                for key, kind in modes.items():
+                    if pool.get(key) is True:
+                        return kind
+                raise ConvertError(f"{m.get('path')}/config.json sets none of {', '.join(modes)}: this pooling "
+                                   "is not supported (last token, mean and CLS are)")
+    except (OSError, ValueError, AttributeError, TypeError):   # absent or not sentence-transformers': the default
+        pass
+    return gguf.PoolingType.LAST
+
+
+def add_vocab(w: gguf.GGUFWriter, model_dir: Path, n_vocab: int, cfg: dict, embedding: bool = False) -> None:
     tj = model_dir / "tokenizer.json"
     spm = model_dir / "tokenizer.model"
     try:
@@ -531,7 +568,13 @@ def add_vocab(w: gguf.GGUFWriter, model_dir: Path, n_vocab: int, cfg: dict) -> N
                 w.add_tokenizer_pre(pre)
                 w.add_token_list(tokens)
                 w.add_token_types(types)
-                gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab).add_to_gguf(w)
+                special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab)
+                if embedding and "<|endoftext|>" in tokens:
+                    # Qwen3's tokenizer ends a text with <|endoftext|> (not the chat EOS <|im_end|>), and
+                    # last-token pooling pools it: llama.cpp must append that same token
+                    special.special_token_ids["eos"] = tokens.index("<|endoftext|>")
+                    special.add_special_token["eos"] = True
+                special.add_to_gguf(w)
             else:
                 raise ConvertError(f"tokenizer.json model type {model.get('type')!r} is not supported "
                                    "(byte-level BPE and SentencePiece-style BPE are)")
@@ -588,17 +631,20 @@ def _plan(ckpt: Checkpoint, fam: Family, hp: HParams, src: Source, qtype: T, emb
     KV = (hp.head_dim * hp.n_head_kv, f"num_key_value_heads*{hd}")
     expect_linear = {"attn_q": (Q, E), "attn_k": (KV, E), "attn_v": (KV, E), "attn_output": (E, Q),
                      "ffn_gate": (FF, E), "ffn_up": (FF, E), "ffn_down": (E, FF)}
-    expect_norm = {"attn_norm": E, "ffn_norm": E, "attn_sub_norm": Q, "ffn_sub_norm": FF}
+    HD = (hp.head_dim, hd)
+    expect_norm = {"attn_norm": E, "ffn_norm": E, "attn_sub_norm": Q, "ffn_sub_norm": FF, "attn_q_norm": HD,
+                   "attn_k_norm": HD, "post_attention_norm": E, "post_ffw_norm": E}
     sub_norms = fam.sub_norms
     seen: set[str] = set()
     out: list[PendingTensor] = []
     substituted: dict[str, int] = {}
 
-    def norm(name: str, gname: str, dim: tuple[int, str]):
+    def norm(name: str, gname: str, dim: tuple[int, str], offset: float = 0.0):
         n, key = dim
         _check_dtype(ckpt, name, FLOAT_DTYPES, "floating point")
         _check_shape(ckpt, name, (n,), (key,))
-        out.append(PendingTensor(gname, (n,), T.F32, lambda: ckpt.get(name).astype(np.float32).reshape(-1)))
+        out.append(PendingTensor(gname, (n,), T.F32,
+                                 lambda: ckpt.get(name).astype(np.float32).reshape(-1) + np.float32(offset)))
 
     def linear(name: str, gname: str, role: str):
         (rows, rkey), (cols, ckey) = expect_linear[role]
@@ -644,13 +690,13 @@ def _plan(ckpt: Checkpoint, fam: Family, hp: HParams, src: Source, qtype: T, emb
 
     for il in range(hp.n_layer):
         base = f"model.layers.{il}."
-        for leaf, gname in {**NORMS, **sub_norms}.items():
+        for leaf, gname in {**fam.norms, **sub_norms}.items():
             nm = base + leaf + ".weight"
             if nm not in ckpt:
-                why = (f"not a {fam.name} checkpoint (config.json's architectures), or incomplete" if leaf in sub_norms
-                       else "incomplete checkpoint")
+                why = ("incomplete checkpoint" if leaf in NORMS
+                       else f"not a {fam.name} checkpoint (config.json's architectures or model_type), or incomplete")
                 raise ConvertError(f"{nm} is missing: {why} (fetch all *.safetensors files)")
-            norm(nm, f"blk.{il}.{gname}.weight", expect_norm[gname])
+            norm(nm, f"blk.{il}.{gname}.weight", expect_norm[gname], fam.norm_offset)
             seen.add(nm)
         for leaf, role in LINEARS.items():
             nm = base + leaf + ".weight"
@@ -659,13 +705,22 @@ def _plan(ckpt: Checkpoint, fam: Family, hp: HParams, src: Source, qtype: T, emb
             linear(nm, f"blk.{il}.{role}.weight", role)
             seen.add(nm)
             seen.add(base + leaf + ".weight_scale")
+            if fam.input_norms:   # a plain RMSNorm of the projection's input: no Gemma offset
+                nm = base + leaf + ".norm.weight"
+                if nm not in ckpt:
+                    raise ConvertError(f"{nm} is missing: not a BitNet embedding checkpoint (a plain {fam.gguf_arch} "
+                                       "model is not ternary; convert a bitnet-embedding model), or incomplete")
+                norm(nm, f"blk.{il}.{role}_norm_in.weight", expect_linear[role][1])
+                seen.add(nm)
 
     if "model.norm.weight" not in ckpt:
         raise ConvertError("model.norm.weight is missing: incomplete checkpoint (fetch all *.safetensors files)")
-    norm("model.norm.weight", "output_norm.weight", E)
+    norm("model.norm.weight", "output_norm.weight", E, fam.norm_offset)
     seen.add("model.norm.weight")
 
-    if "lm_head.weight" in ckpt:
+    if fam.embedding:   # an embedding model generates no text: no output head is written
+        seen.add("lm_head.weight")
+    elif "lm_head.weight" in ckpt:
         seen.add("lm_head.weight")
         if fam.tied_output:
             if not hp.tied and not _same(ckpt, "lm_head.weight", "model.embed_tokens.weight"):
@@ -748,7 +803,9 @@ def convert(model_dir, outfile, outtype: str = "i2_s", embd_type: str | None = N
     name = model_name(cfg, model_dir)
     qtype = TERNARY_TYPES[outtype]
     try:
-        embd_qtype, note = embedding_type(embd_type, hp.n_embd, "q6_k" if hp.n_vocab >= 65536 else "f16")
+        # an embedding model's token embeddings are only looked up, never a matmul: f16 keeps them exact
+        default = "f16" if fam.embedding or hp.n_vocab < 65536 else "q6_k"
+        embd_qtype, note = embedding_type(embd_type, hp.n_embd, default)
     except ValueError as e:
         raise ConvertError(str(e)) from None
     if note:
@@ -779,7 +836,11 @@ def convert(model_dir, outfile, outtype: str = "i2_s", embd_type: str | None = N
             w.add_rope_scaling_factor(hp.rope_scaling["factor"])
         w.add_layer_norm_rms_eps(hp.eps)
         w.add_vocab_size(hp.n_vocab)
-        add_vocab(w, model_dir, hp.n_vocab, cfg)
+        if fam.embedding:
+            w.add_pooling_type(pooling(model_dir))
+        if fam.extra_kv is not None:
+            fam.extra_kv(cfg, w)
+        add_vocab(w, model_dir, hp.n_vocab, cfg, embedding=fam.embedding)
 
     try:
         return write_gguf(outfile, fam.gguf_arch, kv, tensors, progress)

@@ -3,7 +3,9 @@
 Speed does not depend on weight values, so these serve benchmarks and the no-network demo.
 Every tensor is produced in row chunks, so even a 100B-shape file is written without holding
 it in memory. The architecture is BitNet b1.58 2B-4T's (`bitnet-b1.58`: squared-ReLU FFN,
-sub-norms, GQA, tied embeddings).
+sub-norms, GQA, tied embeddings), except for the embedding shapes (`embed-0.6b`, `embed-270m`):
+bitnet-embedding-0.6b's Qwen3 and -270m's Gemma 3 layouts, with an RMSNorm before every
+projection, last-token pooling and f16 token embeddings, as their conversions have.
 """
 from __future__ import annotations
 
@@ -33,6 +35,16 @@ class Shape:
     n_head: int
     n_head_kv: int
     n_vocab: int
+    head_dim: int = 0          # 0: n_embd / n_head
+    arch: str = ARCH           # "qwen3" / "gemma3": an embedding model of that backbone
+
+    @property
+    def hd(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def embedding(self) -> bool:
+        return self.arch != ARCH
 
 
 SHAPES = {
@@ -53,6 +65,9 @@ SHAPES = {
     "falcon3-3b": Shape(3072, 22, 9216, 12, 4, 131072),
     "falcon3-7b": Shape(3072, 28, 23040, 12, 4, 131072),
     "falcon3-10b": Shape(3072, 40, 23040, 12, 4, 131072),
+    # the text-embedding models (head sizes 128 and 256, wider than width / heads)
+    "embed-0.6b": Shape(1024, 28, 3072, 16, 8, 151936, head_dim=128, arch="qwen3"),   # bitnet-embedding-0.6b
+    "embed-270m": Shape(640, 18, 2048, 4, 1, 262144, head_dim=256, arch="gemma3"),    # bitnet-embedding-270m
 }
 
 CHUNK = 1 << 22  # elements generated at a time
@@ -62,15 +77,20 @@ WEIGHT_SCALE = 0.02
 def layer_matrices(shape: Shape) -> list[tuple[str, int, int]]:
     """(name, rows, row width) of one layer's BitLinear weights."""
     e, f = shape.n_embd, shape.n_ff
-    kv = e // shape.n_head * shape.n_head_kv
-    return [("attn_q", e, e), ("attn_k", kv, e), ("attn_v", kv, e), ("attn_output", e, e),
+    q, kv = shape.hd * shape.n_head, shape.hd * shape.n_head_kv
+    return [("attn_q", q, e), ("attn_k", kv, e), ("attn_v", kv, e), ("attn_output", e, q),
             ("ffn_gate", f, e), ("ffn_up", f, e), ("ffn_down", e, f)]
 
 
 def layer_norms(shape: Shape) -> list[tuple[str, int]]:
     """(name, width) of one layer's norm weights (f32)."""
     e = shape.n_embd
-    return [("attn_norm", e), ("attn_sub_norm", e), ("ffn_norm", e), ("ffn_sub_norm", shape.n_ff)]
+    if not shape.embedding:
+        return [("attn_norm", e), ("attn_sub_norm", e), ("ffn_norm", e), ("ffn_sub_norm", shape.n_ff)]
+    own = [("attn_norm", e), ("ffn_norm", e), ("attn_q_norm", shape.hd), ("attn_k_norm", shape.hd)]
+    if shape.arch == "gemma3":
+        own += [("post_attention_norm", e), ("post_ffw_norm", e)]
+    return own + [(name + "_norm_in", cols) for name, _, cols in layer_matrices(shape)]
 
 
 def n_params(shape: Shape) -> int:
@@ -170,9 +190,15 @@ def metadata(shape: Shape, name: str, file_type: int) -> Callable[[gguf.GGUFWrit
         w.add_feed_forward_length(shape.n_ff)
         w.add_head_count(shape.n_head)
         w.add_head_count_kv(shape.n_head_kv)
-        w.add_rope_dimension_count(shape.n_embd // shape.n_head)
-        w.add_rope_freq_base(500000.0)
-        w.add_layer_norm_rms_eps(1e-5)
+        if shape.hd * shape.n_head != shape.n_embd:
+            w.add_key_length(shape.hd)
+            w.add_value_length(shape.hd)
+        w.add_rope_dimension_count(shape.hd)
+        w.add_rope_freq_base(1e6 if shape.embedding else 500000.0)
+        w.add_layer_norm_rms_eps(1e-6 if shape.embedding else 1e-5)
+        if shape.embedding:
+            w.add_pooling_type(gguf.PoolingType.LAST)
+            w.add_add_eos_token(True)   # the pooled token
         w.add_vocab_size(shape.n_vocab)
         tokens, scores, types = vocab(shape.n_vocab)
         w.add_tokenizer_model("llama")
@@ -210,11 +236,12 @@ def write(path: Path, shape_name: str, qtype_name: str, embd_type_name: str | No
         if (n_layer is not None and n_layer < 1) or (n_vocab is not None and n_vocab < 260):
             raise ValueError("a dummy model needs at least 1 layer and 260 tokens (3 specials and 256 bytes)")
         shape = replace(shape, n_layer=n_layer or shape.n_layer, n_vocab=n_vocab or shape.n_vocab)
-    embd_type, why = embedding_type(embd_type_name, shape.n_embd, "q6_k")
+    embd_type, why = embedding_type(embd_type_name, shape.n_embd, "f16" if shape.embedding else "q6_k")
     if why:
         note(why)
     for width in unheld_widths(shape, qtype):
         note(f"{qtype_name} cannot hold rows of {width} values: those tensors are i2_s")
     ts = tensors(shape, qtype, embd_type, seed)
 
+    arch = shape.arch if shape.embedding else arch
     return write_gguf(path, arch, metadata(shape, f"bitnet-dummy-{shape_name}", file_type(ts)), ts, progress)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 ALLOW_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
                   "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                  "chat_template.jinja", "chat_template.json"]
+                  "chat_template.jinja", "chat_template.json",
+                  "modules.json", "1_Pooling/config.json"]   # sentence-transformers: how an embedding model pools
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ KNOWN_REPOS: dict[str, RepoDefaults] = {
     "microsoft/BitNet-b1.58-2B-4T": RepoDefaults(embd="q6_k"),
     "microsoft/BitNet-b1.58-2B-4T-bf16": RepoDefaults(embd="q6_k"),
     "microsoft/bitnet-b1.58-2B-4T-gguf": RepoDefaults(),  # ggml-model-i2_s.gguf, as bitnet.cpp's README installs it
+    # text embeddings (last-token pooling); I2_S: their published type, and what bitnet.cpp measures them in
+    "microsoft/bitnet-embedding-0.6b": RepoDefaults(quant="i2_s", embd="f16"),
+    "microsoft/bitnet-embedding-270m": RepoDefaults(quant="i2_s", embd="f16"),
     **{f"tiiuae/Falcon3-{s}{v}-1.58bit": RepoDefaults() for s in ("1B", "3B", "7B", "10B") for v in ("", "-Instruct")},
     **{f"tiiuae/Falcon-E-{s}-{v}": RepoDefaults() for s in ("1B", "3B") for v in ("Base", "Instruct")},
 }

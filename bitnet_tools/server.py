@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .embed import pooling_type
 from .runtime import check_model_file, engine_reason, physical_cores
 
 READY_TIMEOUT = 600.0   # seconds to load a model (a 100B-shape file from a cold disk takes minutes)
@@ -63,6 +64,10 @@ class ServeOptions:
                "-np", str(parallel), "-c", str(self.ctx * parallel), "--cont-batching",
                "-t", str(threads), "-tb", str(threads), "--alias", self.alias or self.model.stem,
                "--cache-ram", str(self.cache_ram_mib), "--jinja", "--no-webui", "--metrics"]
+        if pooling_type(self.model) is not None:
+            # an embedding model: /v1/embeddings, unit length (llama-server's default for it); a text is
+            # embedded in one step, so one batch must hold the longest text a slot takes
+            cmd += ["--embeddings", "-b", str(self.ctx), "-ub", str(self.ctx)]
         if self.api_key:
             cmd += ["--api-key", self.api_key]
         if self.rpc:
