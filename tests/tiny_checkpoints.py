@@ -6,6 +6,9 @@ cannot hold it), 704 and 1728 (not multiples of 128: I2_S pads them), GQA, vocab
 not multiples of 32, untied and tied output heads, sharded safetensors. `1bitllm-3b` has
 bitnet_b1_58-3B's awkward widths at a small scale: hidden 640 (2.5 blocks of 256), FFN 1728
 (13.5 groups of 128).
+
+`build_embedding` writes the two BitNet embedding backbones (Qwen3, Gemma 3), whose every
+projection has its own input RMSNorm; the Gemma one has a sliding window short enough to matter.
 """
 from __future__ import annotations
 
@@ -42,9 +45,11 @@ SHAPES = {
 }
 
 
-def bpe_tokenizer(out: Path, vocab_size: int):
-    """A byte-level BPE with Llama-3's split regex (GGUF: gpt2 / llama-bpe)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+def bpe_tokenizer(out: Path, vocab_size: int, specials=("<|begin_of_text|>", "<|end_of_text|>", "<|start|>", "<|end|>"),
+                  bos: str | None = "<|begin_of_text|>", eos: str = "<|end_of_text|>", append_eos: bool = False):
+    """A byte-level BPE with Llama-3's split regex (GGUF: gpt2 / llama-bpe). `append_eos` adds
+    `eos` after every encoded text, as Qwen3 embedding tokenizers do (last-token pooling pools it)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
     tok = Tokenizer(models.BPE(ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -54,9 +59,12 @@ def bpe_tokenizer(out: Path, vocab_size: int):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS, trainer)
-    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start|>", "<|end|>"]
-    tok.add_special_tokens(specials)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
+    tok.add_special_tokens(list(specials))
+    if append_eos:
+        eos_id = tok.token_to_id(eos)
+        tok.post_processor = processors.TemplateProcessing(single=f"$A {eos}", pair=f"$A {eos} $B {eos}",
+                                                           special_tokens=[(eos, eos_id)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos)
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(out))
     return fast
@@ -104,6 +112,17 @@ def pack(q: torch.Tensor) -> torch.Tensor:
 
 def _norm(g: torch.Generator, n: int) -> torch.Tensor:
     return (1.0 + 0.2 * torch.randn(n, generator=g)).to(torch.bfloat16)
+
+
+def _save_sharded(t: dict[str, torch.Tensor], out: Path):
+    """Two safetensors files and their index, like real checkpoints."""
+    names = sorted(t)
+    half = len(names) // 2
+    save_file({k: t[k].contiguous() for k in names[:half]}, str(out / "model-00001-of-00002.safetensors"))
+    save_file({k: t[k].contiguous() for k in names[half:]}, str(out / "model-00002-of-00002.safetensors"))
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
+        k: ("model-00001-of-00002.safetensors" if i < half else "model-00002-of-00002.safetensors")
+        for i, k in enumerate(names)}}))
 
 
 def build(family: str, out: Path, seed: int = 0) -> Path:
@@ -170,14 +189,7 @@ def build(family: str, out: Path, seed: int = 0) -> Path:
     t["model.norm.weight"] = _norm(g, e)
     if family == "llama":
         t["lm_head.weight"] = (0.5 * torch.randn(n_vocab, e, generator=g)).to(torch.bfloat16)
-    # shard in two files like real checkpoints
-    names = sorted(t)
-    half = len(names) // 2
-    save_file({k: t[k].contiguous() for k in names[:half]}, str(out / "model-00001-of-00002.safetensors"))
-    save_file({k: t[k].contiguous() for k in names[half:]}, str(out / "model-00002-of-00002.safetensors"))
-    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
-        k: ("model-00001-of-00002.safetensors" if i < half else "model-00002-of-00002.safetensors")
-        for i, k in enumerate(names)}}))
+    _save_sharded(t, out)
     if family.startswith("1bitllm"):
         spm_tokenizer(out)
     else:
@@ -209,4 +221,97 @@ def build_plain_llama(out: Path, seed: int = 0) -> Path:
             t[p + leaf + ".weight"] = torch.randn(*shp, generator=g) * 0.02
     save_file(t, str(out / "model.safetensors"))
     bpe_tokenizer(out, vocab_size=n_vocab - 40)
+    return out
+
+
+# backbone -> shape of the tiny BitNet embedding models (decoder-only, last-token pooled)
+EMBEDDING_SHAPES = {
+    #          n_embd n_ff n_layer n_head n_kv head_dim
+    "qwen3": (256, 768, 2, 4, 2, 128),     # head_dim != 256 / 4, as in the 0.6b (128 != 64)
+    "gemma3": (384, 1024, 3, 2, 1, 256),   # head_dim != 384 / 2, as in the 270m (256 != 160)
+}
+GEMMA3_LAYER_TYPES = ["sliding_attention", "sliding_attention", "full_attention"]
+GEMMA3_SLIDING_WINDOW = 8   # small, so sequences of more than 8 tokens exercise it
+
+
+def _gemma_norm(g: torch.Generator, n: int) -> torch.Tensor:
+    """Gemma's norms compute (1 + w) * x: their weights sit near 0."""
+    return (0.2 * torch.randn(n, generator=g)).to(torch.bfloat16)
+
+
+def _sentence_transformers_files(out: Path, n_embd: int):
+    """modules.json and a last-token Pooling config, as the embedding checkpoints ship them."""
+    (out / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}], indent=2))
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": n_embd, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": True, "include_prompt": True}, indent=2))
+
+
+def build_embedding(backbone: str, out: Path, seed: int = 0) -> Path:
+    """Write a tiny BitNet embedding checkpoint (backbone "qwen3" or "gemma3") into `out`: the stock
+    transformers config, latent bf16 weights with a plain RMSNorm (`<proj>.norm.weight`, near 1)
+    before every projection, a tokenizer, and sentence-transformers files (last-token pooling)."""
+    from transformers import Gemma3TextConfig, Qwen3Config
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    e, f, n_layer, n_head, n_kv, hd = EMBEDDING_SHAPES[backbone]
+    g = torch.Generator().manual_seed(seed)
+    if backbone == "qwen3":
+        n_vocab = 1000
+        tok = bpe_tokenizer(out, vocab_size=n_vocab - 40, specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+                            bos=None, eos="<|endoftext|>", append_eos=True)
+        eos = tok.convert_tokens_to_ids("<|endoftext|>")
+        c = Qwen3Config(vocab_size=n_vocab, hidden_size=e, intermediate_size=f, num_hidden_layers=n_layer,
+                        num_attention_heads=n_head, num_key_value_heads=n_kv, head_dim=hd,
+                        max_position_embeddings=4096, rms_norm_eps=1e-6, rope_theta=1e6,
+                        tie_word_embeddings=True, bos_token_id=eos, eos_token_id=eos)
+        c.architectures = ["Qwen3Model"]
+        # Qwen3 norms are w * x
+        native = ["input_layernorm", "post_attention_layernorm"]
+        native_norm = _norm
+        embed_std = 0.5
+    elif backbone == "gemma3":
+        tok = spm_tokenizer(out)
+        n_vocab = len(tok) + 13   # the config's vocabulary is larger than the tokenizer's, as in Gemma
+        c = Gemma3TextConfig(vocab_size=n_vocab, hidden_size=e, intermediate_size=f, num_hidden_layers=n_layer,
+                             num_attention_heads=n_head, num_key_value_heads=n_kv, head_dim=hd,
+                             query_pre_attn_scalar=256, layer_types=GEMMA3_LAYER_TYPES,
+                             sliding_window=GEMMA3_SLIDING_WINDOW,
+                             rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                              "full_attention": {"rope_type": "default", "rope_theta": 1e6}},
+                             max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                             pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        c.architectures = ["Gemma3TextModel"]
+        native = ["input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                  "post_feedforward_layernorm"]
+        native_norm = _gemma_norm
+        embed_std = e ** -0.5   # times sqrt(n_embd) in the forward: about 1, like the other residuals
+    else:
+        raise ValueError(f"unknown backbone {backbone!r}")
+    assert n_vocab % 32, "the vocabulary should not be a multiple of 32"
+    c.save_pretrained(str(out))
+    _sentence_transformers_files(out, e)
+
+    t: dict[str, torch.Tensor] = {}
+    t["model.embed_tokens.weight"] = (embed_std * torch.randn(n_vocab, e, generator=g)).to(torch.bfloat16)
+    shapes = {"self_attn.q_proj": (n_head * hd, e), "self_attn.k_proj": (n_kv * hd, e),
+              "self_attn.v_proj": (n_kv * hd, e), "self_attn.o_proj": (e, n_head * hd),
+              "mlp.gate_proj": (f, e), "mlp.up_proj": (f, e), "mlp.down_proj": (e, f)}
+    for il in range(n_layer):
+        p = f"model.layers.{il}."
+        for name in native:
+            t[p + name + ".weight"] = native_norm(g, e)
+        t[p + "self_attn.q_norm.weight"] = native_norm(g, hd)
+        t[p + "self_attn.k_norm.weight"] = native_norm(g, hd)
+        for leaf in LINEARS:
+            rows, cols = shapes[leaf]
+            t[p + leaf + ".weight"] = (torch.randn(rows, cols, generator=g) / cols ** 0.5).to(torch.bfloat16)
+            t[p + leaf + ".norm.weight"] = _norm(g, cols)   # plain RMSNorm on the projection's input
+    t["model.norm.weight"] = native_norm(g, e)
+    _save_sharded(t, out)
     return out
