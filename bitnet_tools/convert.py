@@ -574,6 +574,7 @@ def add_vocab(w: gguf.GGUFWriter, model_dir: Path, n_vocab: int, cfg: dict, embe
                     # last-token pooling pools it: llama.cpp must append that same token
                     special.special_token_ids["eos"] = tokens.index("<|endoftext|>")
                     special.add_special_token["eos"] = True
+                    special.add_special_token["bos"] = False   # and begins it with nothing
                 special.add_to_gguf(w)
             else:
                 raise ConvertError(f"tokenizer.json model type {model.get('type')!r} is not supported "
