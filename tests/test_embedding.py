@@ -83,7 +83,7 @@ def test_every_type_matches_the_reference(converted, checkpoints, backbone, qtyp
     got, tokens = _engine_vectors(llm, TEXTS)
     if backbone == "qwen3":   # the pooled token: <|endoftext|>, appended by the engine as the tokenizer does
         assert all(t[-1] == llm.token_eos() for t in tokens)
-        assert llm.detokenize([llm.token_eos()]) == b"<|endoftext|>"
+        assert llm.detokenize([llm.token_eos()], special=True) == b"<|endoftext|>"
     ref = EmbeddingReference(checkpoints[backbone])
     mode = TYPES[qtype]
     want = ref.embed_many(tokens, mode=mode, embd="f16")
