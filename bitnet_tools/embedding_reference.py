@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitnet_tools.reference import _act_for, _round, _scale_for, absmean
+from bitnet_tools.reference import _act_for, _round, _scale_for, absmean, rope
 
 PROJ = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
         "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
@@ -139,16 +139,6 @@ class EmbeddingReference:
     def _rms(self, x, w):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
 
-    def _rope(self, x, pos, theta):
-        # x: [T, H, D]; rotate-half (HF) layout
-        d = self.head_dim
-        inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
-        ang = pos[:, None].double() * inv[None, :]
-        cos = torch.cat([ang.cos(), ang.cos()], -1).float()[:, None, :]
-        sin = torch.cat([ang.sin(), ang.sin()], -1).float()[:, None, :]
-        x1, x2 = x[..., : d // 2], x[..., d // 2:]
-        return x * cos + torch.cat([-x2, x1], -1) * sin
-
     def _lin(self, layer, role, x, mode):
         """BitLinear: plain RMSNorm of the input, int8 activations, ternary weights."""
         q, s = layer[role]
@@ -184,7 +174,7 @@ class EmbeddingReference:
             k = self._lin(layer, "k", h, mode).view(T, self.n_head_kv, self.head_dim)
             v = self._lin(layer, "v", h, mode).view(T, self.n_head_kv, self.head_dim)
             q, k = self._rms(q, layer["q_norm"]), self._rms(k, layer["k_norm"])   # per head
-            q, k = self._rope(q, pos, self.theta[lt]), self._rope(k, pos, self.theta[lt])
+            q, k = rope(q, pos, self.theta[lt]), rope(k, pos, self.theta[lt])
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
             att = torch.einsum("thd,shd->hts", q, k) * self.q_scale + masks[lt]

@@ -73,6 +73,17 @@ def act_q8_k(x: torch.Tensor) -> torch.Tensor:
     return (q * d).reshape(shape)
 
 
+def rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
+    """RoPE in the rotate-half (HF) layout: x [T, heads, head size], angles in float64."""
+    d = x.shape[-1]
+    inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    ang = pos[:, None].double() * inv[None, :]
+    cos = torch.cat([ang.cos(), ang.cos()], -1).float()[:, None, :]
+    sin = torch.cat([ang.sin(), ang.sin()], -1).float()[:, None, :]
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
 def _round(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype).to(torch.float32)
 
@@ -157,16 +168,6 @@ class Reference:
     def _rms(self, x, w):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
 
-    def _rope(self, x, pos):
-        # x: [T, H, D]; rotate-half (HF) layout
-        d = self.head_dim
-        inv = 1.0 / (self.theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
-        ang = pos[:, None].double() * inv[None, :]
-        cos = torch.cat([ang.cos(), ang.cos()], -1).float()[:, None, :]
-        sin = torch.cat([ang.sin(), ang.sin()], -1).float()[:, None, :]
-        x1, x2 = x[..., : d // 2], x[..., d // 2:]
-        return x * cos + torch.cat([-x2, x1], -1) * sin
-
     def _lin(self, layer, role, x, types):
         q, s = layer[role]
         mode = types.get(role, "model") if isinstance(types, dict) else types
@@ -192,7 +193,7 @@ class Reference:
             q = self._lin(layer, "attn_q", h, types).view(T, self.n_head, self.head_dim)
             k = self._lin(layer, "attn_k", h, types).view(T, self.n_head_kv, self.head_dim)
             v = self._lin(layer, "attn_v", h, types).view(T, self.n_head_kv, self.head_dim)
-            q, k = self._rope(q, pos), self._rope(k, pos)
+            q, k = rope(q, pos, self.theta), rope(k, pos, self.theta)
             if kv_f16:
                 q, k, v = _round(q, torch.float16), _round(k, torch.float16), _round(v, torch.float16)
             k = k.repeat_interleave(rep, dim=1)
