@@ -296,6 +296,7 @@ def _workers(rpc: Optional[str], split: Optional[str]) -> tuple[list[str], Optio
 
 def _load(model: Path, ctx: int, threads: Optional[int], rpc: Optional[str] = None, split: Optional[str] = None,
           **kwargs):
+    import llama_cpp
     from .rpc import RPCError
     from .runtime import ModelError, load
     workers, tensor_split = _workers(rpc, split)
@@ -303,9 +304,13 @@ def _load(model: Path, ctx: int, threads: Optional[int], rpc: Optional[str] = No
         if workers:
             from .rpc import exit_on_engine_abort
             exit_on_engine_abort(lambda reason: err.print(f"[bold red]error:[/] {escape(reason)}", highlight=False))
-        return load(model, n_ctx=ctx, n_threads=threads, rpc=workers or None, tensor_split=tensor_split, **kwargs)
+        llm = load(model, n_ctx=ctx, n_threads=threads, rpc=workers or None, tensor_split=tensor_split, **kwargs)
     except (ModelError, RPCError) as e:  # the engine's reason, or ours
         fail(str(e))
+    if not kwargs.get("embedding") and llm.pooling_type() != llama_cpp.LLAMA_POOLING_TYPE_NONE:
+        fail(f"{model} is an embedding model: it gives one vector per text and generates no text; "
+             f"use 'bitnet embed -m {model}'")
+    return llm
 
 
 def _chat(llm, temp: float, n: int, system: Optional[str]):
@@ -384,11 +389,11 @@ def embed(
 ):
     """Embed texts: unit-length vectors, one per text, pooled as the model says (the last token
     for the BitNet embedding models). Many texts are embedded per batch."""
-    from .embed import EmbedError, embed as embed_texts, read_texts, write_vectors
+    from .embed import EmbedError, check_out, embed as embed_texts, read_texts, write_vectors
     try:
         texts = read_texts(prompt, file)
-        if out is not None and out.suffix not in (".npy", ".json"):
-            raise EmbedError(f"--out {out}: name a .npy or .json file")
+        if out is not None:
+            check_out(out)
         llm = _load(model, ctx, threads, embedding=True, n_batch=ctx, n_ubatch=ctx)
         with err.status(f"embedding {len(texts)} text(s)"):
             vectors = embed_texts(llm, texts)

@@ -339,23 +339,22 @@ def model_name(cfg: dict, model_dir: Path) -> str:
 
 
 def pick_family(cfg: dict) -> Family:
+    model_type = cfg.get("model_type")
+    by_type = for_model_type(model_type) if isinstance(model_type, str) else None
     archs = cfg.get("architectures")
     known = ", ".join([a for f in families() for a in f.architectures]
                       + [f"model_type {m}" for f in families() for m in f.model_types])
-    if archs is None and for_model_type(str(cfg.get("model_type"))) is not None:
-        return for_model_type(str(cfg.get("model_type")))
-    if archs is None:
-        raise ConvertError(f"config.json has no architectures (model_type {_shown(cfg.get('model_type'))}): "
+    if archs is None and by_type is None:
+        raise ConvertError(f"config.json has no architectures (model_type {_shown(model_type)}): "
                            f"this converter handles {known}; fetch the model's own config.json")
-    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+    if archs is not None and (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)):
         raise _fix("architectures", archs, "is not a list of names")
-    for a in archs:
+    for a in archs or []:
         fam = for_architecture(a)
         if fam is not None:
             return fam
-    fam = for_model_type(cfg.get("model_type")) if isinstance(cfg.get("model_type"), str) else None
-    if fam is not None:   # the embedding models carry their backbone's architectures
-        return fam
+    if by_type is not None:   # the embedding models carry their backbone's architectures
+        return by_type
     raise ConvertError(f"unknown architecture {_shown(archs)} in config.json's architectures: this converter "
                        f"handles {known}; convert a checkpoint of one of those")
 

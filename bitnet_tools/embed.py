@@ -66,13 +66,19 @@ def embed(llm, texts: list[str]) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
-def write_vectors(path: Path, texts: list[str], vectors: np.ndarray) -> Path:
-    """.npy (the matrix) or .json ([{"text", "embedding"}]); written whole or not at all."""
+def check_out(path: Path) -> Path:
+    """An --out path that write_vectors can fill (checked before the model loads, too)."""
     path = Path(path)
     if path.suffix not in (".npy", ".json"):
         raise EmbedError(f"--out {path}: name a .npy or .json file")
     if not path.parent.is_dir():
         raise EmbedError(f"--out {path}: directory {path.parent} does not exist, create it first")
+    return path
+
+
+def write_vectors(path: Path, texts: list[str], vectors: np.ndarray) -> Path:
+    """.npy (the matrix) or .json ([{"text", "embedding"}]); written whole or not at all."""
+    path = check_out(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

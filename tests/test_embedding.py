@@ -194,6 +194,57 @@ def test_bitnet_embed_refuses_a_text_model(tmp_path):
     assert r.returncode == 1 and "is a text model" in r.stderr, r.stderr
 
 
+def _head_products(path: Path, embeddings: bool) -> int:
+    """How many matmuls named "result_output" (the output head, vocab x width) one decode of a
+    short text runs, seen through the engine's eval callback."""
+    import ctypes
+
+    import llama_cpp
+    from bitnet_tools import engine
+    ggml = engine.ggml_base_library()
+    for fn in ("ggml_get_name", "ggml_op_desc"):
+        getattr(ggml, fn).restype, getattr(ggml, fn).argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+    seen = []
+
+    @llama_cpp.ggml_backend_sched_eval_callback
+    def observe(t, ask, _):
+        if ask and ggml.ggml_get_name(t) == b"result_output" and ggml.ggml_op_desc(t) == b"MUL_MAT":
+            seen.append(1)
+        return False   # observe nothing further: every node is asked once
+
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_cpp.llama_model_default_params())
+    cparams = llama_cpp.llama_context_default_params()
+    cparams.n_ctx, cparams.embeddings, cparams.cb_eval = 64, embeddings, observe
+    ctx = llama_cpp.llama_init_from_model(model, cparams)
+    try:
+        tokens = (llama_cpp.llama_token * 4)(1, 2, 3, 4)
+        assert llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(tokens, 4)) == 0
+    finally:
+        llama_cpp.llama_free(ctx)
+        llama_cpp.llama_model_free(model)
+    return len(seen)
+
+
+@pytest.mark.parametrize("backbone", ["qwen3", "gemma3"])
+def test_a_pooled_context_leaves_the_unread_output_head_out(converted, backbone):
+    """Nothing reads logits when the context pools embeddings, so the vocab x width head (a third
+    of the 0.6b model's work per token, more than the 270m's whole body) is not computed; a text
+    context of the same file still computes it (the control: the callback does see the head)."""
+    path = converted(backbone, "i2_s")
+    assert _head_products(path, embeddings=False) == 1
+    assert _head_products(path, embeddings=True) == 0
+
+
+def test_text_commands_refuse_an_embedding_model(converted):
+    path = converted("qwen3", "i2_s")
+    for args in (["infer", "-m", str(path), "-p", "hi", "-n", "4"], ["chat", "-m", str(path)],
+                 ["ppl", "-m", str(path), "-f", str(path)]):
+        r = subprocess.run([sys.executable, "-m", "bitnet_tools.cli", *args], capture_output=True, text=True,
+                           timeout=120, input="")
+        assert r.returncode == 1 and "is an embedding model" in r.stderr and "bitnet embed" in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 def test_serve_answers_v1_embeddings(converted, checkpoints, tmp_path):
     """/v1/embeddings through the openai client: unit vectors, several texts per call, matching the
     reference; the server keeps serving after a bad request."""
@@ -217,6 +268,12 @@ def test_serve_answers_v1_embeddings(converted, checkpoints, tmp_path):
         with pytest.raises(urllib.error.HTTPError) as no_input:   # no "input": a 4xx, and the server goes on
             urllib.request.urlopen(bad, timeout=30)
         assert 400 <= no_input.value.code < 500
+        # an embedding model generates no text: completions and chat are refused, not answered
+        for refused in (lambda: client.completions.create(model=ALIAS, prompt="hi", max_tokens=4),
+                        lambda: client.chat.completions.create(model=ALIAS, max_tokens=4,
+                                                               messages=[{"role": "user", "content": "hi"}])):
+            with pytest.raises(openai.BadRequestError, match="use /v1/embeddings"):
+                refused()
         again = client.embeddings.create(model=ALIAS, input=TEXTS[0])
         assert np.allclose(again.data[0].embedding, got[0], atol=1e-3)
     finally:
