@@ -33,7 +33,7 @@ PATCHES = ROOT / "patches"
 BUILD = ROOT / "build"
 
 TOOLS = ["llama-quantize", "llama-bench", "llama-batched-bench", "llama-perplexity", "llama-completion", "llama-server",
-         "ggml-rpc-server", "test-quantize-fns", "test-backend-ops", "bitnet-logits"]
+         "ggml-rpc-server", "test-quantize-fns", "test-backend-ops", "bitnet-logits", "bitnet-roofline"]
 
 # Debian packages that provide the build tools, for the error message when one is missing
 BUILD_REQUIREMENTS = {"cmake": "cmake", "cc": "gcc", "c++": "g++", "ninja": "ninja-build", "git": "git"}
@@ -464,11 +464,11 @@ def build(portable: bool = False, force: bool = False, console=None) -> dict:
     return {"key": key, "flavor": flavor, "rebuilt": True, "log": str(log_path)}
 
 
-TEST_PROGRAMS = ["test-quantize-fns", "test-backend-ops", "bitnet-logits"]
+TEST_PROGRAMS = ["test-quantize-fns", "test-backend-ops", "bitnet-logits", "bitnet-roofline"]
 
 
 def build_test_programs(flavor: str) -> Path:
-    """llama.cpp's test programs (and our bitnet-logits) alone, for another flavor than the
+    """llama.cpp's test programs (and our bitnet-logits and bitnet-roofline) alone, for another flavor than the
     installed one: the AVX2-only path on an AVX-512 machine, or "armv8" cross-compiled for
     aarch64 on an x86-64 machine (run its programs with program_command / run_program).
     Cached by the same key as a full build; a current full build of the flavor is used as is."""
