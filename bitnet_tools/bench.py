@@ -6,6 +6,12 @@ energy belong to it alone. Prompt processing runs whole batches (llama-bench's p
 n_batch 2048, n_ubatch 512), not one token at a time. llama-bench's warm-up run is excluded
 from its figures; repetitions give mean ± sd.
 
+Roofline: before the runs, bitnet-roofline (our probe, built with the engine's tools) measures
+this machine's streaming read bandwidth and int8 dot-product peak at each thread count. Every
+tg row gets the t/s the bandwidth allows for the bytes a generated token reads, every pp row
+the t/s the int8 peak allows for the multiply-accumulates a prompt token needs, and the
+measured figure's share of that ceiling (see model_cost and ceiling).
+
 Energy: package energy from RAPL counters (Linux powercap) when readable, as
 average package power over the process × seconds per token; otherwise an estimate from the
 process's CPU time and a per-core power figure. The source is stored with every figure and
@@ -29,7 +35,7 @@ from .quants import OURS
 log = logging.getLogger(__name__)
 
 POWERCAP = Path("/sys/class/powercap")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: roofline fields per result and the "roofline" figures per thread count
 
 
 class BenchError(RuntimeError):
@@ -127,6 +133,100 @@ def bench_model(shape: str, qtype: str, outdir: Path, tools: Path, note=log.warn
     return path
 
 
+# ---------------------------------------------------------------- roofline
+
+ROOFLINE = "bitnet-roofline"
+# tensors that are looked up (one row per token), never multiplied
+LOOKUPS = ("token_embd.weight", "token_types.weight", "position_embd.weight")
+
+
+@dataclass
+class Ceilings:
+    """This machine's ceilings at one thread count, as bitnet-roofline measured them."""
+    threads: int
+    read_gb_s: float        # streaming read bandwidth, 1e9 bytes/s
+    int8_gmac_s: float      # int8 dot product peak, 1e9 multiply-accumulates/s
+    isa: str                # the dot instruction: avx512-vnni, avx-vnni, avx2, neon-dotprod, neon, scalar
+
+
+def measure_ceilings(tools: Path, threads: int, quick: bool = False, timeout: float = 300) -> Ceilings:
+    """Run the probe at `threads` threads. A probe whose self-check fails (its SIMD dot or read
+    loop disagrees with the scalar sum) stops the bench: the build is broken."""
+    cmd = [str(tools / ROOFLINE), "-t", str(threads), "--json"] + (["--quick"] if quick else [])
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise BenchError(f"{tools / ROOFLINE} is missing: run 'bitnet setup --engine-only' to build it") from None
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"{ROOFLINE} failed ({' '.join(cmd)}): {last}")
+    d = json.loads(r.stdout)
+    c = Ceilings(int(d["threads"]), float(d["read_gb_s"]), float(d["int8_gmac_s"]), str(d["isa"]))
+    if c.threads != threads or not (c.read_gb_s > 0 and c.int8_gmac_s > 0):
+        raise BenchError(f"{ROOFLINE} gave implausible figures: {r.stdout.strip()}")
+    return c
+
+
+@dataclass
+class ModelCost:
+    """What one token costs a model file, from its tensors (dense models)."""
+    bytes_per_token: int    # bytes a generated token reads
+    macs_per_token: int     # multiply-accumulates of a prompt token's matrix products, head included
+    head_macs: int          # of which the output head's
+    tied: bool              # no output.weight: the token embedding is also the head
+
+
+def model_cost(path: Path) -> ModelCost:
+    """Bytes read per generated token: every tensor of the file, whole (every weight matrix,
+    the output head, the norms), except the looked-up token embedding, of which a token reads
+    one row -- unless the model has no output.weight: then the embedding is also the head and is
+    read whole. MACs per token: rows x width of every 2-D weight that is multiplied (the same
+    tensors: the head included, the embedding only as the tied head). Attention over the KV cache
+    and activations are left out (small next to the weights at bench's context lengths)."""
+    import gguf
+    reader = gguf.GGUFReader(path)
+    names = {t.name for t in reader.tensors}
+    tied = "output.weight" not in names
+    nbytes = macs = head = 0
+    for t in reader.tensors:
+        dims = [int(x) for x in t.shape]          # gguf order: dims[0] is the row width
+        rows = t.n_elements // dims[0]
+        two_d = len([x for x in dims if x > 1]) == 2
+        if t.name in LOOKUPS and not (tied and t.name == "token_embd.weight"):
+            nbytes += int(t.n_bytes) // rows   # one row
+            continue
+        nbytes += int(t.n_bytes)
+        if two_d:
+            macs += int(t.n_elements)
+            if t.name in ("output.weight", "token_embd.weight"):
+                head += int(t.n_elements)
+    return ModelCost(nbytes, macs, head, tied)
+
+
+def ceiling(test: str, cost: ModelCost, c: Ceilings) -> float:
+    """Tokens per second this machine's ceiling allows for one test of one model: generation
+    (tg) is bound by reading the weights once per token, prompt processing (pp) by the int8
+    peak over the MACs per token; a pooled-embedding text (embd) needs no output head."""
+    if test.startswith("tg"):
+        return c.read_gb_s * 1e9 / cost.bytes_per_token
+    macs = cost.macs_per_token - (cost.head_macs if test.startswith("embd") else 0)
+    return c.int8_gmac_s * 1e9 / macs
+
+
+def add_ceilings(results: list["Result"], ceilings: dict[int, Ceilings], costs: dict[str, ModelCost]) -> None:
+    """Fill in each result's ceiling and share (results of thread counts without a measurement,
+    e.g. over RPC, keep None)."""
+    for r in results:
+        c, cost = ceilings.get(r.threads), costs.get(r.model)
+        if c is None or cost is None:
+            continue
+        r.bytes_per_token, r.macs_per_token = cost.bytes_per_token, cost.macs_per_token
+        r.read_gb_s, r.int8_gmac_s, r.int8_isa = c.read_gb_s, c.int8_gmac_s, c.isa
+        r.ceiling_tps = ceiling(r.test, cost, c)
+        r.ceiling_share = r.tps_mean / r.ceiling_tps
+        r.ceiling_bound = "read bandwidth" if r.test.startswith("tg") else "int8 peak"
+
+
 # ---------------------------------------------------------------- running
 
 @dataclass
@@ -148,6 +248,16 @@ class Result:
     ours: bool
     engine: str = "bitnet-tools"
     samples: list[float] = field(default_factory=list)
+    # roofline (schema 2): the ceiling this row's test meets on this machine, and the share of it
+    # reached; None where not measured (--rpc: the layers run on other hosts)
+    ceiling_tps: float | None = None
+    ceiling_share: float | None = None
+    ceiling_bound: str | None = None     # "read bandwidth" (tg) or "int8 peak" (pp, embd)
+    read_gb_s: float | None = None       # bitnet-roofline at this row's thread count
+    int8_gmac_s: float | None = None
+    int8_isa: str | None = None          # the probe's dot instruction
+    bytes_per_token: int | None = None   # model_cost of this row's file
+    macs_per_token: int | None = None
 
 
 def run_one(bench_bin: Path, model: Path, qtype: str, threads: int, n_prompt: int, n_gen: int, reps: int,
@@ -236,6 +346,12 @@ def run_matrix(tools: Path, models: list[tuple[str, Path]], threads: list[int], 
     runs = [(t, m, th, test, bb, eng) for t, m in models for th in threads
             for test in (("pp",) if pools[m] else ("pp", "tg"))
             for bb, eng in benches + ([(baseline, "stock")] if baseline is not None and t not in OURS else [])]
+    ceilings: dict[int, Ceilings] = {}
+    if not rpc:   # the ceilings of this machine; over RPC the work is elsewhere
+        task = progress.add_task("measuring this machine's ceilings", total=len(threads))
+        for th in threads:
+            ceilings[th] = measure_ceilings(tools, th)
+            progress.advance(task)
     task = progress.add_task("benchmarking", total=len(runs))
     results = []
     for t, m, th, test, bb, eng in runs:
@@ -244,6 +360,7 @@ def run_matrix(tools: Path, models: list[tuple[str, Path]], threads: list[int], 
                                reps, watts_per_core, engine_name=eng, rpc=rpc, tensor_split=tensor_split,
                                embeddings=pools[m]))
         progress.advance(task)
+    add_ceilings(results, ceilings, {m.name: model_cost(m) for _, m in models})
     return results
 
 
@@ -252,7 +369,8 @@ def write_outputs(results: list[Result], command: str, outdir: Path, stem: str) 
     outdir.mkdir(parents=True, exist_ok=True)
     json_path, csv_path, png_path = (outdir / f"{stem}.{k}" for k in ("json", "csv", "png"))
     doc = {"schema": SCHEMA_VERSION, "command": command, "machine": machine_info(),
-           "results": [asdict(r) for r in results], "speedups": speedups(results)}
+           "results": [asdict(r) for r in results], "speedups": speedups(results),
+           "roofline": roofline_summary(results)}
     _atomic_write(json_path, json.dumps(doc, indent=2))
     tmp = csv_path.with_name(f".{csv_path.name}.partial")
     with open(tmp, "w", newline="") as f:
@@ -266,21 +384,43 @@ def write_outputs(results: list[Result], command: str, outdir: Path, stem: str) 
     return [json_path, csv_path, png_path]
 
 
+def roofline_summary(results: list[Result]) -> list[dict]:
+    """The machine's ceilings per thread count, as measured in this run (empty over RPC)."""
+    seen = {}
+    for r in results:
+        if r.read_gb_s is not None and r.threads not in seen:
+            seen[r.threads] = {"threads": r.threads, "read_gb_s": r.read_gb_s, "int8_gmac_s": r.int8_gmac_s,
+                               "isa": r.int8_isa, "probe": ROOFLINE}
+    return [seen[t] for t in sorted(seen)]
+
+
 def render(results: list[Result], command: str, show_engine: bool, watts_per_core: float, console) -> None:
-    """The results table (ours marked *), the same-run speedups, and whether energy is estimated."""
+    """The results table (ours marked *) with each figure's ceiling and share of it, this
+    machine's ceilings, the same-run speedups, and whether energy is estimated."""
     from rich.table import Table
     measured = all(r.energy_source.startswith("measured") for r in results)
     table = Table(title=command)
-    cols = ["type"] + (["engine"] if show_engine else []) + ["thr", "test", "t/s", "±", "MiB", "bpw", "RSS MiB",
+    cols = ["type"] + (["engine"] if show_engine else []) + ["thr", "test", "t/s", "±", "ceiling t/s", "share",
+                                                             "MiB", "bpw", "RSS MiB",
                                                              "J/tok" if measured else "J/tok (est.)"]
     for col in cols:
         table.add_column(col, justify="left" if col in ("type", "engine", "test") else "right", no_wrap=True)
     for r in results:
         row = [r.type + ("*" if r.ours else "")] + ([r.engine] if show_engine else [])
-        row += [str(r.threads), r.test, f"{r.tps_mean:.2f}", f"{r.tps_sd:.2f}", f"{r.size_bytes / 2**20:.0f}",
+        row += [str(r.threads), r.test, f"{r.tps_mean:.2f}", f"{r.tps_sd:.2f}",
+                "-" if r.ceiling_tps is None else f"{r.ceiling_tps:.2f}",
+                "-" if r.ceiling_share is None else f"{100 * r.ceiling_share:.0f}%", f"{r.size_bytes / 2**20:.0f}",
                 f"{r.bpw:.2f}", f"{r.peak_rss_mib:.0f}", f"{r.energy_j_per_token:.3f}"]
         table.add_row(*row)
     console.print(table)
+    roof = roofline_summary(results)
+    if roof:
+        console.print("ceilings (bitnet-roofline, this run): " + "; ".join(
+            f"{x['threads']} thr: read {x['read_gb_s']:.1f} GB/s, int8 {x['int8_gmac_s']:.0f} GMAC/s ({x['isa']})"
+            for x in roof))
+        console.print("tg ceiling = read bandwidth / bytes a token reads; pp ceiling = int8 peak / MACs per token")
+    else:
+        console.print("no ceilings: the layers ran on RPC workers, not on this machine")
     sp = speedups(results)
     if sp:
         t2 = Table(title="speedup of ours over stock (same run)")
@@ -324,20 +464,32 @@ def plot(results: list[Result], path: Path) -> None:
         for row, (metric, ylabel) in enumerate((("tps_mean", "tokens / s"), ("energy_j_per_token", "J / token"))):
             ax = axes[row][col]
             for i, label in enumerate(labels):
-                vals, errs = [], []
+                vals, errs, rows = [], [], []
                 for t in threads:
                     r = next((r for r in results if r.test == test and r.threads == t and
                               f"{r.type}" + ("" if r.engine == "bitnet-tools" else f" ({r.engine})") == label), None)
                     vals.append(getattr(r, metric) if r else 0)
                     errs.append(r.tps_sd if (r and metric == "tps_mean") else 0)
+                    rows.append(r)
                 xs = [j + i * width for j in range(len(threads))]
-                ax.bar(xs, vals, width, yerr=errs if metric == "tps_mean" else None, label=label,
-                       hatch="//" if label in OURS else None)
+                bars = ax.bar(xs, vals, width, yerr=errs if metric == "tps_mean" else None, label=label,
+                              hatch="//" if label in OURS else None)
+                if metric == "tps_mean":   # the roofline: this bar's ceiling (dashed) and its share
+                    for x, r, bar in zip(xs, rows, bars):
+                        if r is None or r.ceiling_tps is None:
+                            continue
+                        ax.hlines(r.ceiling_tps, x - width / 2, x + width / 2, colors=bar.get_facecolor(),
+                                  linestyles="dashed", linewidth=2,
+                                  label="ceiling (this machine)" if (i, x) == (0, xs[0]) else None)
+                        ax.annotate(f"{100 * r.ceiling_share:.0f}%", (x, r.tps_mean + r.tps_sd), ha="center",
+                                    va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
             ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(threads))])
             ax.set_xticklabels([f"{t} thread{'s' if t > 1 else ''}" for t in threads])
             ax.set_ylabel(ylabel)
             src = {r.energy_source.split(":")[0] for r in results}
-            title = test if metric == "tps_mean" else f"{test} energy per token ({'/'.join(sorted(src))})"
+            bound = {r.ceiling_bound for r in results if r.test == test and r.ceiling_bound}
+            title = (test + (f" (dashed: ceiling, {bound.pop()}; % reached)" if bound else "")
+                     if metric == "tps_mean" else f"{test} energy per token ({'/'.join(sorted(src))})")
             ax.set_title(title)
             ax.grid(axis="y", alpha=0.3)
         axes[0][col].legend(fontsize=8)
