@@ -80,11 +80,31 @@ def test_tiny_bench_end_to_end(tmp_path, tools):
         assert x["tps_sd"] >= 0 and len(x["samples"]) == 2
         measured = bool(bench.rapl_domains())
         assert x["energy_source"].startswith("measured" if measured else "estimated")
+    # the roofline: this machine's ceilings per thread count, each row's ceiling and share of it
+    from bitnet_tools import dummy
+    assert [x["threads"] for x in doc["roofline"]] == [1, 2]
+    assert all(x["read_gb_s"] > 0 and x["int8_gmac_s"] > 0 for x in doc["roofline"])
+    s = dummy.SHAPES["tiny"]
+    norms = s.n_layer * (3 * s.n_embd + s.n_ff) + s.n_embd
+    for x in results:
+        tg = x["test"].startswith("tg")
+        # tied dummies: a token reads the whole file's tensors (llama.cpp's own model size) and
+        # multiplies every weight but the norms (llama.cpp's parameter count)
+        assert x["bytes_per_token"] == x["size_bytes"] and x["macs_per_token"] == x["n_params"] - norms, x
+        peak, work = (x["read_gb_s"], x["bytes_per_token"]) if tg else (x["int8_gmac_s"], x["macs_per_token"])
+        assert x["ceiling_tps"] == pytest.approx(peak * 1e9 / work)
+        assert x["ceiling_share"] == pytest.approx(x["tps_mean"] / x["ceiling_tps"]) and x["ceiling_share"] > 0
+        assert x["ceiling_bound"] == ("read bandwidth" if tg else "int8 peak")
     # our type against each stock type, per threads and test
     assert len(doc["speedups"]) == 2 * 2 * 2
     assert all(s["speedup"] > 0 for s in doc["speedups"])
     csv_lines = (out / "bench-tiny.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + len(results)
+    header = csv_lines[0].split(",")
+    assert {"ceiling_tps", "ceiling_share", "ceiling_bound", "read_gb_s", "int8_gmac_s", "bytes_per_token",
+            "macs_per_token"} <= set(header)
+    assert all(float(row.split(",")[header.index("ceiling_share")]) > 0 for row in csv_lines[1:])
+    assert "ceilings (bitnet-roofline" in r.stdout and "GMAC/s" in r.stdout   # the table is squeezed at 80 columns
     png = (out / "bench-tiny.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     from PIL import Image
