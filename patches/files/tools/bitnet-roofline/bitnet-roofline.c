@@ -312,11 +312,12 @@ static void usage(void) {
             "usage: bitnet-roofline [-t THREADS] [--json] [--quick] [--mib MIB] [--passes N] [--repeats N]\n"
             "  read bandwidth (GB/s) and int8 dot peak (GMAC/s) of this machine with THREADS threads\n"
             "  --mib     total read buffer over all threads (default 256: far larger than an L3)\n"
+            "  --passes  over the buffer per timed run (default 8); --repeats: timed runs, the best counts (10)\n"
             "  --quick   8 MiB, 1 pass, 1 repeat, a short dot loop: checks the paths, measures nothing\n");
 }
 
 int main(int argc, char **argv) {
-    int threads = 1, json = 0, quick = 0, corrupt = 0, passes = 8, repeats = 5;
+    int threads = 1, json = 0, quick = 0, corrupt = 0, passes = 8, repeats = 10;
     double mib = 256, dot_seconds = 0.1;
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
