@@ -501,7 +501,9 @@ def plot(results: list[Result], path: Path) -> None:
                      if metric == "tps_mean" else f"{test} energy per token ({'/'.join(sorted(src))})")
             ax.set_title(title)
             ax.grid(axis="y", alpha=0.3)
-        axes[0][col].legend(fontsize=8)
+        top = axes[0][col].get_ylim()[1]
+        axes[0][col].set_ylim(0, top * 1.3)   # room for the legend above bars and ceilings
+        axes[0][col].legend(fontsize=8, loc="upper left", ncol=2)
     fig.suptitle(f"bitnet bench — {results[0].model.split('-')[0]} shape")
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.partial.png")
