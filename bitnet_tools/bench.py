@@ -8,10 +8,10 @@ from its figures; repetitions give mean ± sd.
 
 Roofline: before and after the runs, bitnet-roofline (our probe, built with the engine's tools)
 measures this machine's streaming read bandwidth and int8 dot-product peak at each thread count
-(the better of the two counts). Every
-tg row gets the t/s the bandwidth allows for the bytes a generated token reads, every pp row
-the t/s the int8 peak allows for the multiply-accumulates a prompt token needs, and the
-measured figure's share of that ceiling (see model_cost and ceiling).
+(the better of the two counts). Every tg row gets the t/s the bandwidth allows for the bytes a
+generated token reads, every pp row the t/s the int8 peak allows for the multiply-accumulates a
+prompt token needs (an embd row: without the output head), and the measured figure's share of
+that ceiling (see model_cost and ceiling). Not measured over --rpc (the work is elsewhere).
 
 Energy: package energy from RAPL counters (Linux powercap) when readable, as
 average package power over the process × seconds per token; otherwise an estimate from the
