@@ -203,6 +203,30 @@ def _git_apply(tree: Path, patch: Path, *args: str) -> bool:
     return r.returncode == 0
 
 
+def touched_files(patches: list[Path]) -> list[str]:
+    """The tree-relative paths these patches change, in order of first mention."""
+    files: list[str] = []
+    for p in patches:
+        for line in p.read_text().splitlines():
+            if line.startswith("+++ b/") and line[len("+++ b/"):] not in files:
+                files.append(line[len("+++ b/"):])
+    return files
+
+
+def _applied_together(tree: Path, patches: list[Path]) -> bool:
+    """Whether all these patches are in the tree, applied in this order: they reverse-apply last
+    first on a scratch copy of the files they touch. One at a time is not enough: a later patch
+    may add lines beside an earlier one's, changing the context that one's reverse needs."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp) / "tree"
+        for rel in touched_files(patches):
+            if (tree / rel).exists():
+                (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(tree / rel, scratch / rel)
+        return all(_git_apply(scratch, p, "-R") for p in reversed(patches))
+
+
 def apply_patches(tree: Path) -> list[str]:
     """Bring the tree to the current series; returns what was done, one line per patch.
 
@@ -225,11 +249,11 @@ def apply_patches(tree: Path) -> list[str]:
             raise EngineError(f"cannot roll back {p.name} in {tree}: delete {tree} and run 'bitnet setup' again")
 
     done = []
-    for p in new[keep:]:
+    for i, p in enumerate(new[keep:], keep):
         if _git_apply(tree, p, "--check"):
             _git_apply(tree, p)
             done.append(f"applied {p.name}")
-        elif _git_apply(tree, p, "-R", "--check"):
+        elif _git_apply(tree, p, "-R", "--check") or _applied_together(tree, new[i:]):
             done.append(f"{p.name} already applied")
         else:
             raise EngineError(f"patch {p.name} does not apply to {tree}: delete {tree} and run 'bitnet setup' again")

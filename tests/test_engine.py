@@ -37,20 +37,11 @@ def test_doctor_reports_the_build():
     assert report["cpu_features"]["AVX2"] is True or report["cpu_features"]["NEON"] is True
 
 
-def _touched_files(patches: list[Path]) -> list[str]:
-    files = []
-    for p in patches:
-        for line in p.read_text().splitlines():
-            if line.startswith("+++ b/"):
-                files.append(line[len("+++ b/"):])
-    return files
-
-
 def _pristine_copy(dst: Path) -> Path:
     """The upstream files our patches touch, straight from the pinned sdist."""
     pin = engine.read_pin()
     prefix = f"{pin.source_dir.name}/vendor/llama.cpp/"
-    wanted = {prefix + f for f in _touched_files(engine.series())}
+    wanted = {prefix + f for f in engine.touched_files(engine.series())}
     with tarfile.open(engine.VENDOR / pin.sdist_name) as tar:
         for m in tar.getmembers():
             if m.name in wanted:
@@ -65,12 +56,12 @@ def test_patch_series_applies_once_and_detects_a_patched_tree(tmp_path):
     done = engine.apply_patches(tree)
     assert done == [f"applied {p.name}" for p in engine.series()]
     # the result is exactly the tree the build uses
-    for rel in _touched_files(engine.series()):
+    for rel in engine.touched_files(engine.series()):
         assert (tree / rel).read_bytes() == (engine.read_pin().llama_cpp_dir / rel).read_bytes(), rel
     for f in engine.own_files():
         assert (tree / f.relative_to(engine.PATCHES / "files")).read_bytes() == f.read_bytes()
 
-    before = {rel: (tree / rel).read_bytes() for rel in _touched_files(engine.series())}
+    before = {rel: (tree / rel).read_bytes() for rel in engine.touched_files(engine.series())}
     assert engine.apply_patches(tree) == [f"{p.name} unchanged" for p in engine.series()]
     # patched, but the record is lost: detected by reverse-applying, never applied twice
     shutil.rmtree(tree / ".bitnet-applied")
