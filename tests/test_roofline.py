@@ -186,37 +186,29 @@ def test_ceilings_and_shares():
 
 # ---------------------------------------------------------------- the other builds' paths
 
-@pytest.mark.slow
-def test_probe_in_the_avx2_only_build():
-    """The AVX2 build (no AVX-512, no VNNI) uses maddubs + madd; its sums must be the same data's."""
-    if platform.machine() not in ("x86_64", "AMD64") or "avx2" not in _cpu_flags():
-        pytest.skip("needs an x86-64 CPU with AVX2")
-    bindir = engine.build_test_programs("avx2")
-    r = _probe(bindir, "-t", 2, "--json", "--quick", flavor="avx2")
-    assert r.returncode == 0, r.stderr
-    d = json.loads(r.stdout)
-    assert d["isa"] == "avx2" and d["vec_bytes"] == 32
-    _check_figures(d, 2)
-    bad = _probe(bindir, "--quick", "--corrupt-dot-data", flavor="avx2")
-    assert bad.returncode == 3 and "check failed" in bad.stderr
-
-
 _arm_missing = [t for t in ({**engine.CROSS_AARCH64, **engine.QEMU_AARCH64} if engine.is_cross("armv8") else {})
                 if shutil.which(t) is None]
+_no_avx2 = platform.machine() not in ("x86_64", "AMD64") or "avx2" not in _cpu_flags()
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(bool(_arm_missing), reason=f"no {', '.join(_arm_missing)} (apt-get install "
-                                               "gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user)")
-def test_probe_in_the_aarch64_build():
-    """The armv8 build (ARMv8.2-A + dot product, under qemu on x86-64) uses sdot (vdotq_s32)."""
-    bindir = engine.build_test_programs("armv8")
-    r = _probe(bindir, "-t", 2, "--json", "--quick", flavor="armv8")
+@pytest.mark.parametrize("flavor, isa, vec", [
+    # the AVX2 build (no AVX-512, no VNNI) uses maddubs + madd
+    pytest.param("avx2", "avx2", 32, marks=pytest.mark.skipif(_no_avx2, reason="needs an x86-64 CPU with AVX2")),
+    # the armv8 build (ARMv8.2-A + dot product, under qemu on x86-64) uses sdot (vdotq_s32)
+    pytest.param("armv8", "neon-dotprod", 16, marks=pytest.mark.skipif(
+        bool(_arm_missing), reason=f"no {', '.join(_arm_missing)} (apt-get install gcc-aarch64-linux-gnu "
+                                   "g++-aarch64-linux-gnu qemu-user)")),
+])
+def test_probe_in_the_other_builds(flavor, isa, vec):
+    """Each build's probe uses its own dot instruction; its sums must be the same data's."""
+    bindir = engine.build_test_programs(flavor)
+    r = _probe(bindir, "-t", 2, "--json", "--quick", flavor=flavor)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert d["isa"] == "neon-dotprod" and d["vec_bytes"] == 16
+    assert d["isa"] == isa and d["vec_bytes"] == vec
     _check_figures(d, 2)
-    bad = _probe(bindir, "--quick", "--corrupt-dot-data", flavor="armv8")
+    bad = _probe(bindir, "--quick", "--corrupt-dot-data", flavor=flavor)
     assert bad.returncode == 3 and "check failed" in bad.stderr
 
 
