@@ -299,7 +299,7 @@ def run_one(bench_bin: Path, model: Path, qtype: str, threads: int, n_prompt: in
                   tps_mean=tps, tps_sd=float(row.get("stddev_ts", 0.0)), size_bytes=size, n_params=n_params,
                   bpw=8 * size / n_params, peak_rss_mib=usage.ru_maxrss / 1024,
                   energy_j_per_token=energy.joules_per_token, power_w=energy.watts, energy_source=energy.source,
-                  ours=qtype in OURS, engine=engine_name, samples=[float(x) for x in row.get("samples_ts", [])])
+                  ours=qtype in OURS and engine_name.startswith("bitnet-tools"), engine=engine_name, samples=[float(x) for x in row.get("samples_ts", [])])
 
 
 def speedups(results: list[Result]) -> list[dict]:
@@ -336,17 +336,23 @@ def prepare_models(model: Path | None, shape: str, types: list[str], models_dir:
 
 def run_matrix(tools: Path, models: list[tuple[str, Path]], threads: list[int], n_prompt: int, n_gen: int,
                reps: int, watts_per_core: float, baseline: Path | None, progress, rpc: list[str] | None = None,
-               tensor_split: list[float] | None = None) -> list[Result]:
+               tensor_split: list[float] | None = None, baseline_models: list[tuple[str, Path]] = (),
+               baseline_name: str = "stock") -> list[Result]:
     """Every model x thread count x test (pp, tg) through our llama-bench, and stock types also
-    through the baseline's llama-bench when one is given. With rpc, the layers run on those
-    workers; energy and RSS are then this process's share only. An embedding model (its GGUF
-    pools) runs the prompt test only, with embeddings on: that is all it does."""
+    through the baseline's llama-bench when one is given (another engine: a stock llama.cpp
+    build, ik_llama.cpp, bitnet.cpp), together with baseline_models, files in that engine's own
+    types that only it runs. With rpc, the layers run on those workers; energy and RSS are then
+    this process's share only. An embedding model (its GGUF pools) runs the prompt test only,
+    with embeddings on: that is all it does."""
     from .embed import pooling_type
     benches = [(tools / "llama-bench", f"bitnet-tools rpc x{len(rpc)}" if rpc else "bitnet-tools")]
     pools = {m: pooling_type(m) is not None for _, m in models}
+    pools.update({m: False for _, m in baseline_models})   # text models in types gguf-py may not know
     runs = [(t, m, th, test, bb, eng) for t, m in models for th in threads
             for test in (("pp",) if pools[m] else ("pp", "tg"))
-            for bb, eng in benches + ([(baseline, "stock")] if baseline is not None and t not in OURS else [])]
+            for bb, eng in benches + ([(baseline, baseline_name)] if baseline is not None and t not in OURS else [])]
+    runs += [(t, m, th, test, baseline, baseline_name) for t, m in baseline_models for th in threads
+             for test in ("pp", "tg")]
     ceilings: dict[int, Ceilings] = {}
     if not rpc:   # the ceilings of this machine; over RPC the work is elsewhere
         task = progress.add_task("measuring this machine's ceilings", total=len(threads))
@@ -369,7 +375,13 @@ def run_matrix(tools: Path, models: list[tuple[str, Path]], threads: list[int], 
             c = ceilings[th]
             ceilings[th] = Ceilings(th, max(c.read_gb_s, again.read_gb_s), max(c.int8_gmac_s, again.int8_gmac_s), c.isa)
             progress.advance(task)
-    add_ceilings(results, ceilings, {m.name: model_cost(m) for _, m in models})
+    costs = {m.name: model_cost(m) for _, m in models}
+    for _, m in baseline_models:
+        try:
+            costs[m.name] = model_cost(m)
+        except Exception:   # noqa: BLE001 -- another engine's types gguf-py cannot size: no ceiling
+            pass
+    add_ceilings(results, ceilings, costs)
     return results
 
 

@@ -638,8 +638,12 @@ def bench(
     n_prompt: int = typer.Option(512, "-p", "--n-prompt", help="Prompt tokens per pp test (whole batches)."),
     n_gen: int = typer.Option(128, "-n", "--n-gen", help="Generated tokens per tg test."),
     reps: int = typer.Option(5, "-r", "--repetitions", help="Repetitions (mean ± sd; warm-up excluded)."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="llama-bench of an unpatched stock build: "
-                                            "stock types are also run through it."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="llama-bench of another engine (a stock "
+                                            "llama.cpp build, ik_llama.cpp, ...): stock types are also run through it."),
+    baseline_model: list[Path] = typer.Option([], "--baseline-model", help="A GGUF in the baseline engine's own "
+                                              "type (e.g. ik_llama.cpp's IQ2_BN), run only through --baseline; "
+                                              "its type is the file name's last '-' part (repeatable)."),
+    baseline_name: str = typer.Option("stock", "--baseline-name", help="The baseline engine's name in the tables."),
     watts_per_core: float = typer.Option(7.0, "--watts-per-core", help="Per-core power for the energy estimate "
                                          "when RAPL counters are not readable."),
     outdir: Path = typer.Option(Path("bench-results"), "--outdir", help="Where JSON, CSV and PNG go."),
@@ -659,6 +663,14 @@ def bench(
         fail(str(e))
     if baseline is not None and not baseline.exists():
         fail(f"--baseline {baseline} does not exist: point it at a stock build's llama-bench binary")
+    if baseline_model and baseline is None:
+        fail("--baseline-model needs --baseline: the llama-bench of the engine that runs that file")
+    for f in baseline_model:
+        if not f.is_file():
+            fail(f"--baseline-model {f} does not exist: give a GGUF file of the baseline engine")
+        with open(f, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                fail(f"--baseline-model {f} is not a GGUF file: give a model file of the baseline engine")
     workers, tensor_split = _workers(rpc, split)
     if workers and baseline is not None:
         fail("--baseline and --rpc together are not supported: a stock build cannot use our workers")
@@ -674,7 +686,8 @@ def bench(
         with Progress(console=err) as progress:
             models = b.prepare_models(model, shape, type_list, models_dir, tools, progress)
             results = b.run_matrix(tools, models, thread_list, n_prompt, n_gen, reps, watts_per_core, baseline,
-                                   progress, rpc=workers, tensor_split=tensor_split)
+                                   progress, rpc=workers, tensor_split=tensor_split, baseline_name=baseline_name,
+                                   baseline_models=[(f.stem.rsplit("-", 1)[-1].lower(), f) for f in baseline_model])
     except (b.BenchError, ValueError, OSError) as e:
         if _debug:
             raise

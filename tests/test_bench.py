@@ -131,6 +131,42 @@ def test_baseline_build_runs_the_stock_types_too(tmp_path, tools):
 
 
 @pytest.mark.slow
+def test_another_engines_own_files_run_side_by_side(tmp_path, tools):
+    """--baseline-model: files in the other engine's own types (ik_llama.cpp's IQ2_BN, bitnet.cpp's
+    I2_S) run only through --baseline, named --baseline-name, and are compared with ours in the
+    same run. Our own llama-bench stands in for the other engine here (as the issue allows: a
+    second build of our tree); its "I2_S" file must count as theirs, not ours."""
+    from bitnet_tools import dummy
+    theirs = [dummy.write(tmp_path / f"other-{t}.gguf", "tiny", t) for t in ("tq2_0", "i2_s")]
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "bitnet_tools.cli", "bench", "-t", "1", "--shape", "tiny", "--types", "i2_s",
+            "-p", "16", "-n", "4", "-r", "1", "--baseline", str(tools / "llama-bench"), "--baseline-name", "other",
+            "--outdir", str(out), "--models-dir", str(tmp_path / "m")]
+    r = subprocess.run(args + [x for f in theirs for x in ("--baseline-model", str(f))],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads((out / "bench-tiny.json").read_text())
+    rows = sorted((x["type"], x["engine"], x["ours"], x["model"]) for x in doc["results"] if x["test"] == "tg4")
+    assert rows == [("i2_s", "bitnet-tools", True, "tiny-i2_s.gguf"), ("i2_s", "other", False, "other-i2_s.gguf"),
+                    ("tq2_0", "other", False, "other-tq2_0.gguf")]
+    pairs = sorted((x["ours"], x["stock"], x["stock_engine"]) for x in doc["speedups"] if x["test"] == "pp16")
+    assert pairs == [("i2_s", "i2_s", "other"), ("i2_s", "tq2_0", "other")]
+    # the other engine's rows get this machine's ceilings too where gguf-py can size the file
+    assert all(x["ceiling_tps"] > 0 for x in doc["results"])
+    assert "i2_s (other)" in r.stdout
+
+    for extra, words in ((["--baseline-model", str(theirs[0])], "--baseline-model needs --baseline"),
+                         (["--baseline", str(tools / "llama-bench"), "--baseline-model", str(tmp_path / "no.gguf")],
+                          "does not exist"),
+                         (["--baseline", str(tools / "llama-bench"), "--baseline-model", str(out / "bench-tiny.csv")],
+                          "is not a GGUF file")):
+        r = subprocess.run([sys.executable, "-m", "bitnet_tools.cli", "bench", "-t", "1", "--shape", "tiny",
+                            "--types", "i2_s", "--outdir", str(tmp_path / "o2"), *extra],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, (extra, r.stderr)
+
+
+@pytest.mark.slow
 def test_stock_tq2_0_that_cannot_hold_the_rows_is_llama_quantizes_file_not_ours(tmp_path, tools, monkeypatch):
     """At widths TQ2_0's 256-blocks cannot hold (3B's 3200/8640; here 384), `bitnet dummy` writes
     I2_S; the bench's stock TQ2_0 must instead be what llama.cpp makes of it, or the speedup
