@@ -363,9 +363,15 @@ def run_matrix(tools: Path, models: list[tuple[str, Path]], threads: list[int], 
     results = []
     for t, m, th, test, bb, eng in runs:
         progress.update(task, description=f"{t} {eng} {test} {th} thr")
-        results.append(run_one(bb, m, t, th, n_prompt if test == "pp" else 0, n_gen if test == "tg" else 0,
-                               reps, watts_per_core, engine_name=eng, rpc=rpc, tensor_split=tensor_split,
-                               embeddings=pools[m]))
+        try:
+            results.append(run_one(bb, m, t, th, n_prompt if test == "pp" else 0, n_gen if test == "tg" else 0,
+                                   reps, watts_per_core, engine_name=eng, rpc=rpc, tensor_split=tensor_split,
+                                   embeddings=pools[m]))
+        except BenchError as e:
+            if bb == benches[0][0]:
+                raise   # our own engine failing is a broken build or file: stop
+            # another engine may lack a stock type (ik_llama.cpp has no TQ2_0): keep the run's other rows
+            progress.console.print(f"note: {eng} skipped: {e}")
         progress.advance(task)
     if ceilings:  # again after the runs: a ceiling is the best the machine does, so a probe run
         # that met other load (another process on a core, a noisy neighbour) does not count

@@ -155,6 +155,20 @@ def test_another_engines_own_files_run_side_by_side(tmp_path, tools):
     assert all(x["ceiling_tps"] > 0 for x in doc["results"])
     assert "i2_s (other)" in r.stdout
 
+    # an engine that fails on a type (ik_llama.cpp has no TQ2_0) loses that row, not the run
+    failing = tmp_path / "llama-bench-that-fails"
+    failing.write_text("#!/bin/sh\necho 'Floating point exception' >&2\nexit 136\n")
+    failing.chmod(0o755)
+    r = subprocess.run([sys.executable, "-m", "bitnet_tools.cli", "bench", "-t", "1", "--shape", "tiny",
+                        "--types", "i2_s,tq2_0", "-p", "16", "-n", "4", "-r", "1", "--baseline", str(failing),
+                        "--baseline-name", "other", "--outdir", str(tmp_path / "o1"), "--models-dir", str(tmp_path / "m")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "other skipped" in r.stdout + r.stderr and "Floating point exception" in r.stdout + r.stderr
+    doc = json.loads((tmp_path / "o1" / "bench-tiny.json").read_text())
+    assert sorted((x["type"], x["engine"]) for x in doc["results"] if x["test"] == "tg4") == [
+        ("i2_s", "bitnet-tools"), ("tq2_0", "bitnet-tools")]
+
     for extra, words in ((["--baseline-model", str(theirs[0])], "--baseline-model needs --baseline"),
                          (["--baseline", str(tools / "llama-bench"), "--baseline-model", str(tmp_path / "no.gguf")],
                           "does not exist"),
