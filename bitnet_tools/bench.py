@@ -319,13 +319,18 @@ def speedups(results: list[Result]) -> list[dict]:
 
 # ---------------------------------------------------------------- outputs
 
+def type_label(path: Path) -> str:
+    """A given file's type in the tables: the last '-' part of its name (2b4t-iq2_bn.gguf: iq2_bn)."""
+    return path.stem.rsplit("-", 1)[-1].lower()
+
+
 def prepare_models(model: Path | None, shape: str, types: list[str], models_dir: Path, tools: Path,
                    progress) -> list[tuple[str, Path]]:
     """(type, file) pairs to run: the given GGUF, or a dummy model of `shape` per type (cached)."""
     if model is not None:
         from .runtime import check_model_file
         check_model_file(model)
-        return [(model.stem.rsplit("-", 1)[-1].lower(), model)]
+        return [(type_label(model), model)]
     task = progress.add_task("preparing models", total=len(types))
     models = []
     for t in types:

@@ -654,7 +654,7 @@ def bench(
     """Throughput, memory and energy per token: our ternary types against stock llama.cpp types, one run."""
     from rich.progress import Progress
     from . import bench as b
-    from .runtime import physical_cores
+    from .runtime import GGUF_MAGIC, physical_cores
 
     tools = _current_tools()
     try:
@@ -668,8 +668,8 @@ def bench(
     for f in baseline_model:
         if not f.is_file():
             fail(f"--baseline-model {f} does not exist: give a GGUF file of the baseline engine")
-        with open(f, "rb") as fh:
-            if fh.read(4) != b"GGUF":
+        with open(f, "rb") as fh:   # not check_model_file: their own types may be ids ours refuses
+            if fh.read(4) != GGUF_MAGIC:
                 fail(f"--baseline-model {f} is not a GGUF file: give a model file of the baseline engine")
     workers, tensor_split = _workers(rpc, split)
     if workers and baseline is not None:
@@ -687,7 +687,7 @@ def bench(
             models = b.prepare_models(model, shape, type_list, models_dir, tools, progress)
             results = b.run_matrix(tools, models, thread_list, n_prompt, n_gen, reps, watts_per_core, baseline,
                                    progress, rpc=workers, tensor_split=tensor_split, baseline_name=baseline_name,
-                                   baseline_models=[(f.stem.rsplit("-", 1)[-1].lower(), f) for f in baseline_model])
+                                   baseline_models=[(b.type_label(f), f) for f in baseline_model])
     except (b.BenchError, ValueError, OSError) as e:
         if _debug:
             raise
