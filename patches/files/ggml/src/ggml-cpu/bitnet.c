@@ -391,3 +391,61 @@ bool ggml_bitnet_mul_mat_q6_k(const struct ggml_compute_params * params, struct 
     return false;
 #endif
 }
+
+// ---------------------------------------------------------------- attention, few queries
+
+bool ggml_bitnet_flash_attn_ext(const struct ggml_compute_params * params, struct ggml_tensor * dst) {
+#if defined(GGML_BITNET_ATTN_F16)
+    const struct ggml_tensor * q    = dst->src[0];
+    const struct ggml_tensor * k    = dst->src[1];
+    const struct ggml_tensor * v    = dst->src[2];
+    const struct ggml_tensor * mask = dst->src[3];
+    float scale, max_bias, softcap;
+    memcpy(&scale,    (const float *) dst->op_params + 0, sizeof(float));
+    memcpy(&max_bias, (const float *) dst->op_params + 1, sizeof(float));
+    memcpy(&softcap,  (const float *) dst->op_params + 2, sizeof(float));
+    const int64_t dk = k->ne[0];
+    const int64_t dv = v->ne[0];
+    if (params->use_ref || q->type != GGML_TYPE_F32 || k->type != GGML_TYPE_F16 || v->type != GGML_TYPE_F16 ||
+        dst->src[4] != NULL || max_bias != 0.0f || softcap != 0.0f || (mask && mask->type != GGML_TYPE_F16) ||
+        dk % 16 != 0 || dk > GGML_BITNET_ATTN_MAX_D || dv % 64 != 0 || dv > GGML_BITNET_ATTN_MAX_D ||
+        q->nb[0] != sizeof(float) || k->nb[0] != sizeof(ggml_fp16_t) || v->nb[0] != sizeof(ggml_fp16_t) ||
+        v->ne[2] != k->ne[2] || v->ne[3] != k->ne[3] || dst->nb[0] != sizeof(float)) {
+        return false;
+    }
+    const int64_t nq   = q->ne[1];
+    const int64_t nkh  = k->ne[2];
+    const int64_t rk2  = q->ne[2]/nkh;       // query heads per KV head
+    const int64_t rk3  = q->ne[3]/k->ne[3];
+    const int64_t nsub = (rk2 + 3)/4;        // groups of up to 4 of them
+    const int64_t n    = nq*nkh*nsub*q->ne[3];
+    // one item: one query position of one sequence, up to 4 heads of one KV head
+    for (int64_t it = params->ith; it < n; it += params->nth) {
+        const int64_t iq1 = it % nq;
+        const int64_t sub = (it/nq) % nsub;
+        const int64_t ik2 = (it/nq/nsub) % nkh;
+        const int64_t iq3 = it/nq/nsub/nkh;
+        const int64_t h0  = ik2*rk2 + 4*sub;
+        const int     nr  = (int) MIN(4, rk2 - 4*sub);
+        const float       * qp[4];
+        const ggml_fp16_t * mp[4];
+        float             * op[4];
+        for (int r = 0; r < nr; ++r) {
+            const int64_t h = h0 + r;
+            qp[r] = (const float *) ((const char *) q->data + iq1*q->nb[1] + h*q->nb[2] + iq3*q->nb[3]);
+            mp[r] = mask ? (const ggml_fp16_t *) ((const char *) mask->data + iq1*mask->nb[1] + (h % mask->ne[2])*mask->nb[2] +
+                                                  (iq3 % mask->ne[3])*mask->nb[3]) : NULL;
+            // dst is [dv, heads, queries, sequences], rows nb[1] apart (as ggml writes it)
+            op[r] = (float *) ((char *) dst->data + (iq3*dst->ne[2]*dst->ne[1] + h + iq1*dst->ne[1])*dst->nb[1]);
+        }
+        const char * kp = (const char *) k->data + ik2*k->nb[2] + (iq3/rk3)*k->nb[3];
+        const char * vp = (const char *) v->data + ik2*v->nb[2] + (iq3/rk3)*v->nb[3];
+        ggml_bitnet_attn_f16(nr, (int) dk, (int) dv, k->ne[1], qp, scale, kp, k->nb[1], vp, v->nb[1], mask ? mp : NULL, op);
+    }
+    return true;
+#else
+    GGML_UNUSED(params);
+    GGML_UNUSED(dst);
+    return false;
+#endif
+}

@@ -81,6 +81,23 @@ bool ggml_bitnet_mul_mat_q6_k(const struct ggml_compute_params * params, struct 
 void ggml_gemm_q6_k_q8_k(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
                          const void * GGML_RESTRICT vy, size_t by, int nr, int nc);
 
+// FLASH_ATTN_EXT with fewer than 64 queries (ggml's tiled path takes more) over an F16 cache,
+// where this architecture has a kernel (a server's decode step): computes the op and returns
+// true; false leaves it to ggml (other types and options -- ALiBi, soft-capping, sinks -- and
+// --use-ref).
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__AVX512F__) && defined(__AVX512DQ__) && \
+    defined(__AVX512BW__) && defined(__AVX512VL__)
+#define GGML_BITNET_ATTN_F16
+#endif
+#define GGML_BITNET_ATTN_MAX_D 256
+bool ggml_bitnet_flash_attn_ext(const struct ggml_compute_params * params, struct ggml_tensor * dst);
+// out[r] = softmax(scale * q[r] . K^T + mask[r]) V for nr <= 4 query heads that share one KV head:
+// nk cache rows of dk (K) and dv (V) F16 values, kstride / vstride bytes apart; mask[r] is nk F16
+// values (mask may be NULL). dk % 16 == 0, dv % 64 == 0, both <= GGML_BITNET_ATTN_MAX_D.
+void ggml_bitnet_attn_f16(int nr, int dk, int dv, int64_t nk, const float * const * q, float scale,
+                          const void * k, size_t kstride, const void * v, size_t vstride,
+                          const ggml_fp16_t * const * mask, float * const * out);
+
 // Architectures without their own file use the generic kernels.
 #if !(defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86) || \
       defined(__aarch64__) || defined(_M_ARM64) || defined(__arm__) || defined(_M_ARM))

@@ -1,0 +1,191 @@
+// bitnet-tools: attention of a few query positions over an F16 KV cache (AVX-512), the
+// attention of a server's batched decode step. Reference: ggml's
+// ggml_compute_forward_flash_attn_ext_f16_one_chunk (../../ops.cpp), which test-backend-ops runs
+// beside this kernel; the driver is ggml_bitnet_flash_attn_ext in ../../bitnet.c.
+//
+// ggml's path for fewer than 64 queries walks the cache one row at a time for each query head:
+// an F16 dot product, a scalar exp and an F16 multiply-add into an F16 accumulator per row, and
+// with grouped-query attention every KV head is read once per query head that shares it. Here
+// the query heads of one KV head go together: each block of 16 cache rows is converted to F32
+// once, their 16 scores per head come out as one vector (one lane per row), the softmax is
+// vectorised, and the V rows are converted once and added into F32 accumulators of all heads.
+#define GGML_COMMON_DECL_C
+#include "ggml-common.h"
+
+#include "ggml-cpu-impl.h"
+#include "simd-mappings.h"
+#include "../../bitnet-impl.h"
+
+#if defined(GGML_BITNET_ATTN_F16)
+#include <immintrin.h>
+#include "../../vec.h"  // ggml_v_expf
+
+#define BITNET_ATTN_KB 16  // cache rows per block: one score per lane
+
+static_assert(sizeof(ggml_fp16_t) == 2, "the F16 cache rows this kernel reads");
+
+// v[j] holds partial sums of score j in its 16 lanes: returns their 16 totals, lane j = sum(v[j]).
+// Pairs of vectors are interleaved and added (lanes within 128-bit quarters, then quarters), so
+// each stage halves the number of vectors; the totals come out in order.
+BITNET_INLINE __m512 bitnet_attn_sum16(const __m512 v[16]) {
+    __m512 t[8], u[4], w[2];
+    for (int i = 0; i < 8; ++i) {
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2*i], v[2*i + 1]), _mm512_unpackhi_ps(v[2*i], v[2*i + 1]));
+    }
+    for (int i = 0; i < 4; ++i) {
+        u[i] = _mm512_add_ps(_mm512_shuffle_ps(t[2*i], t[2*i + 1], 0x44), _mm512_shuffle_ps(t[2*i], t[2*i + 1], 0xEE));
+    }
+    for (int i = 0; i < 2; ++i) {
+        w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2*i], u[2*i + 1], 0x88), _mm512_shuffle_f32x4(u[2*i], u[2*i + 1], 0xDD));
+    }
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88), _mm512_shuffle_f32x4(w[0], w[1], 0xDD));
+}
+
+BITNET_INLINE void bitnet_attn_heads(const int NR, int dk, int dv, int64_t nk, const float * const * q, float scale,
+                                     const char * k, size_t kstride, const char * v, size_t vstride,
+                                     const ggml_fp16_t * const * mask, float * const * out) {
+    float qs[4][GGML_BITNET_ATTN_MAX_D]                    __attribute__((aligned(64)));
+    float kf[BITNET_ATTN_KB*GGML_BITNET_ATTN_MAX_D]        __attribute__((aligned(64)));  // rows dk apart
+    float o[4][GGML_BITNET_ATTN_MAX_D]                     __attribute__((aligned(64)));
+    float p[4][BITNET_ATTN_KB]                             __attribute__((aligned(64)));
+    float M[4], S[4];
+    for (int r = 0; r < NR; ++r) {
+        for (int d = 0; d < dk; ++d) {
+            qs[r][d] = q[r][d]*scale;
+        }
+        memset(o[r], 0, dv*sizeof(float));
+        M[r] = -INFINITY;
+        S[r] = 0.0f;
+    }
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < nk && j < BITNET_ATTN_KB; ++j) {  // the first block (later ones are fetched a block ahead)
+        for (int b = 0; b < 2*dk; b += 64) {
+            _mm_prefetch(k + j*kstride + b, _MM_HINT_T1);
+        }
+        for (int b = 0; b < 2*dv; b += 64) {
+            _mm_prefetch(v + j*vstride + b, _MM_HINT_T1);
+        }
+    }
+    for (int64_t ic = 0; ic < nk; ic += BITNET_ATTN_KB) {
+        const int       n     = nk - ic < BITNET_ATTN_KB ? (int) (nk - ic) : BITNET_ATTN_KB;
+        const __mmask16 lanes = (__mmask16) ((1u << n) - 1);
+
+        // the mask of each head; rows past the cache are -inf, and a block no head sees is skipped
+        __m512 mk[4];
+        bool   any = false;
+        for (int r = 0; r < NR; ++r) {
+            mk[r] = mask ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes, mask[r] + ic)) : _mm512_setzero_ps();
+            mk[r] = _mm512_mask_blend_ps(lanes, ninf, mk[r]);
+            any  |= _mm512_cmp_ps_mask(mk[r], ninf, _CMP_NEQ_OQ) != 0;
+        }
+        if (!any) {
+            continue;
+        }
+
+        // the block's K rows in F32, zeros past the cache (their scores are masked). Rows are
+        // far apart in the cache (all KV heads of a position lie between them) and this block
+        // reads them once: fetch the next block's K and V rows while this one computes.
+        for (int j = 0; j < n; ++j) {
+            const int64_t jn = ic + BITNET_ATTN_KB + j < nk ? ic + BITNET_ATTN_KB + j : nk - 1;
+            for (int b = 0; b < 2*dk; b += 64) {
+                _mm_prefetch(k + jn*kstride + b, _MM_HINT_T1);
+            }
+            for (int b = 0; b < 2*dv; b += 64) {
+                _mm_prefetch(v + jn*vstride + b, _MM_HINT_T1);
+            }
+        }
+        for (int j = 0; j < BITNET_ATTN_KB; ++j) {
+            for (int d = 0; d < dk; d += 16) {
+                const __m512 x = j < n ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (k + (ic + j)*kstride + 2*d)))
+                                       : _mm512_setzero_ps();
+                _mm512_store_ps(kf + j*dk + d, x);
+            }
+        }
+
+        // scores, then the online softmax: p = exp(s - M), earlier sums and outputs rescaled
+        for (int r = 0; r < NR; ++r) {
+            __m512 acc[BITNET_ATTN_KB];
+            for (int j = 0; j < BITNET_ATTN_KB; ++j) {
+                acc[j] = _mm512_setzero_ps();
+            }
+            for (int d = 0; d < dk; d += 16) {
+                const __m512 qv = _mm512_load_ps(qs[r] + d);
+                for (int j = 0; j < BITNET_ATTN_KB; ++j) {
+                    acc[j] = _mm512_fmadd_ps(qv, _mm512_load_ps(kf + j*dk + d), acc[j]);
+                }
+            }
+            const __m512 s  = _mm512_add_ps(bitnet_attn_sum16(acc), mk[r]);
+            const float  mx = _mm512_reduce_max_ps(s);
+            if (mx == -INFINITY) {
+                _mm512_store_ps(p[r], _mm512_setzero_ps());
+                continue;
+            }
+            const float  Mnew = M[r] > mx ? M[r] : mx;
+            const __m512 pv   = ggml_v_expf(_mm512_sub_ps(s, _mm512_set1_ps(Mnew)));
+            _mm512_store_ps(p[r], pv);
+            if (Mnew > M[r]) {
+                const float ms = expf(M[r] - Mnew);
+                for (int d = 0; d < dv; d += 16) {
+                    _mm512_store_ps(o[r] + d, _mm512_mul_ps(_mm512_load_ps(o[r] + d), _mm512_set1_ps(ms)));
+                }
+                S[r] *= ms;
+                M[r]  = Mnew;
+            }
+            S[r] += _mm512_reduce_add_ps(pv);
+        }
+
+        // o += p V, 64 output values of every head at a time, each V row converted once
+        for (int c = 0; c < dv; c += 64) {
+            __m512 acc[4][4];
+            for (int r = 0; r < NR; ++r) {
+                for (int i = 0; i < 4; ++i) {
+                    acc[r][i] = _mm512_load_ps(o[r] + c + 16*i);
+                }
+            }
+            for (int j = 0; j < n; ++j) {
+                const char * vr = v + (ic + j)*vstride + 2*c;
+                __m512 x[4];
+                for (int i = 0; i < 4; ++i) {
+                    x[i] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (vr + 32*i)));
+                }
+                for (int r = 0; r < NR; ++r) {
+                    const __m512 b = _mm512_set1_ps(p[r][j]);
+                    for (int i = 0; i < 4; ++i) {
+                        acc[r][i] = _mm512_fmadd_ps(b, x[i], acc[r][i]);
+                    }
+                }
+            }
+            for (int r = 0; r < NR; ++r) {
+                for (int i = 0; i < 4; ++i) {
+                    _mm512_store_ps(o[r] + c + 16*i, acc[r][i]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < NR; ++r) {
+        const float inv = S[r] == 0.0f ? 0.0f : 1.0f/S[r];  // no row seen: zeros, as ggml writes
+        for (int d = 0; d < dv; ++d) {
+            out[r][d] = o[r][d]*inv;
+        }
+    }
+}
+
+#define BITNET_ATTN_HEADS(NR)                                                                                          \
+    static void bitnet_attn_heads_##NR(int dk, int dv, int64_t nk, const float * const * q, float scale,              \
+                                       const char * k, size_t kstride, const char * v, size_t vstride,                 \
+                                       const ggml_fp16_t * const * mask, float * const * out) {                        \
+        bitnet_attn_heads(NR, dk, dv, nk, q, scale, k, kstride, v, vstride, mask, out);                                \
+    }
+BITNET_ATTN_HEADS(1) BITNET_ATTN_HEADS(2) BITNET_ATTN_HEADS(3) BITNET_ATTN_HEADS(4)
+
+void ggml_bitnet_attn_f16(int nr, int dk, int dv, int64_t nk, const float * const * q, float scale,
+                          const void * k, size_t kstride, const void * v, size_t vstride,
+                          const ggml_fp16_t * const * mask, float * const * out) {
+    static void (* const heads[5])(int, int, int64_t, const float * const *, float, const char *, size_t, const char *,
+                                   size_t, const ggml_fp16_t * const *, float * const *) = {
+        NULL, bitnet_attn_heads_1, bitnet_attn_heads_2, bitnet_attn_heads_3, bitnet_attn_heads_4,
+    };
+    GGML_ASSERT(nr >= 1 && nr <= 4 && dk % 16 == 0 && dk <= GGML_BITNET_ATTN_MAX_D && dv % 64 == 0 && dv <= GGML_BITNET_ATTN_MAX_D);
+    heads[nr](dk, dv, nk, q, scale, (const char *) k, kstride, (const char *) v, vstride, mask, out);
+}
+#endif
