@@ -167,6 +167,26 @@ def test_cost_of_an_untied_model_reads_one_embedding_row(tmp_path):
     assert cost.head_macs == v * e
 
 
+def test_a_type_gguf_py_does_not_know_raises_what_the_bench_skips(tmp_path):
+    """Another engine's own type ids (ik_llama.cpp's IQ2_BN_R4 ...) cannot be sized: model_cost
+    raises ValueError, the one error `bitnet bench` turns into "no ceiling" for such a file."""
+    path = tmp_path / "theirs.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tensor("blk.0.ffn_up.weight", np.zeros((8, 64), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    data = bytearray(path.read_bytes())
+    name = b"blk.0.ffn_up.weight"
+    at = data.index(name) + len(name) + 4 + 2 * 8   # after the name: n_dims (u32), two dims (u64)
+    assert int.from_bytes(data[at:at + 4], "little") == int(gguf.GGMLQuantizationType.F32)
+    data[at:at + 4] = (250).to_bytes(4, "little")     # an id no gguf-py type has
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError):
+        bench.model_cost(path)
+
+
 def test_ceilings_and_shares():
     cost = bench.ModelCost(bytes_per_token=500_000_000, macs_per_token=2_000_000_000, head_macs=300_000_000, tied=True)
     c = bench.Ceilings(threads=2, read_gb_s=40.0, int8_gmac_s=400.0, isa="x")
