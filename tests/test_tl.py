@@ -85,12 +85,14 @@ def test_tl_layout_matches_the_description(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["tl1", "tl2"])
 def test_backend_ops_mul_mat_tl(tools, name):
-    """Our TL kernels against the scalar reference (use_ref), GEMV and GEMM, partial tiles."""
+    """Our TL kernels against the scalar reference (use_ref), GEMV and GEMM, partial tiles; with
+    AVX-512 several columns take the decoded kernels, also past what they split at once (165
+    columns) and over more than one of their row blocks (520 rows)."""
     r = run([tools / "test-backend-ops", "test", "-b", "CPU", "-o", "MUL_MAT", "-p", f"type_a={name}"])
     assert r.returncode == 0, r.stdout[-3000:]
     n_ok = sum(1 for line in r.stdout.splitlines() if f"type_a={name}," in line and "OK" in line)
     assert n_ok >= 160 and "FAIL" not in r.stdout
-    assert mul_mat_columns(r.stdout, name) >= ALL_COLUMNS
+    assert mul_mat_columns(r.stdout, name) >= ALL_COLUMNS | {165}
 
 
 def _write_tl(path, shape, weights, scale, qtype):

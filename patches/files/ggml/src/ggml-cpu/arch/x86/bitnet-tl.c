@@ -12,19 +12,16 @@
 #include <immintrin.h>
 #endif
 
-// ---------------------------------------------------------------- TL1 / TL2 (lookup tables)
+// ---------------------------------------------------------------- TL1 / TL2, one column: lookup tables
 //
 // A full chunk (16 rows x 4 groups = 64 lanes, lane 4i + j) becomes one vector of 64 byte
 // indices into the chunk's tables: TL2 code | j << 5 into 4 x 32 entries (128 bytes, two zmm:
 // vpermi2b), TL1 code | j << 4 into 4 x 16 entries (one zmm: vpermb). One lookup gives all 64
 // partial dot products; dpbusd against ones then adds each row's 4 groups into one int32 lane.
 // Low (unsigned) and high (signed) table bytes are looked up and summed apart: the dot is
-// sum(lo) + 256 * sum(hi), exactly.
-//
-// Blocking: the LUTs of a batch of activation columns stay in L2 while the thread's row tiles
-// stream past; R tiles x C columns of accumulators live in registers, so each index vector is
-// used C times and each table R times: 3 x 3 (inline asm) for prompts, 8 x 1 with the next 8
-// tiles prefetched for token generation.
+// sum(lo) + 256 * sum(hi), exactly. Token generation walks R = 8 tiles at a time (each table
+// serves 8 index vectors) with the next 8 tiles prefetched. Several columns take the decoded
+// kernels further down instead.
 
 #if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
 
@@ -68,14 +65,11 @@ static void tl1_build_lut512(const int8_t * GGML_RESTRICT q, int n, uint8_t * GG
     }
 }
 
-// the 64 table indices of a full chunk
-BITNET_INLINE __m512i tl_index(const uint8_t * GGML_RESTRICT chunk, const int tl2) {
+// the 64 codes of a full chunk, lane 4i + j
+BITNET_INLINE __m512i tl_codes(const uint8_t * GGML_RESTRICT chunk, const int tl2) {
     const __m512i shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);   // upper half: high nibbles
-    const __m512i m0f   = _mm512_set1_epi8(0x0F);
-    const __m512i group = _mm512_set1_epi32(tl2 ? 0x60402000 : 0x30201000);  // j << 5 / j << 4, lane 4i + j
     __m512i z = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *) chunk));
-    z = _mm512_srlv_epi64(z, shift);
-    z = _mm512_ternarylogic_epi32(z, m0f, group, 0xEA);              // (z & m0f) | group
+    z = _mm512_and_si512(_mm512_srlv_epi64(z, shift), _mm512_set1_epi8(0x0F));
     if (tl2) {  // bit 4 of the codes, one mask bit per lane
         uint64_t bit4;
         memcpy(&bit4, chunk + 32, sizeof(bit4));
@@ -84,36 +78,34 @@ BITNET_INLINE __m512i tl_index(const uint8_t * GGML_RESTRICT chunk, const int tl
     return z;
 }
 
-// R full tiles x C columns over all chunks; s points at row 0 of column 0. Perm and dpbusd
-// share two ports (measured on Zen 5), so only the low bytes go through dpbusd: the high bytes
-// (TL2: -2..1, TL1: -1..0 per lane and chunk) are summed with vpaddb in int8 for TL_RUN chunks,
-// then widened exactly. pf: prefetch the next R tiles (they follow these in memory), R*chunk_b
-// bytes per chunk, so that the weight stream of token generation is in cache ahead of use.
+// the 64 table indices of a full chunk: code | j << 5 (TL2) or j << 4 (TL1), lane 4i + j
+BITNET_INLINE __m512i tl_index(const uint8_t * GGML_RESTRICT chunk, const int tl2) {
+    return _mm512_or_si512(tl_codes(chunk, tl2), _mm512_set1_epi32(tl2 ? 0x60402000 : 0x30201000));
+}
+
+// R full tiles x 1 column over all chunks; s points at row 0. Perm and dpbusd share two ports
+// (measured on Zen 5), so only the low bytes go through dpbusd: the high bytes (TL2: -2..1, TL1:
+// -1..0 per lane and chunk) are summed with vpaddb in int8 for TL_RUN chunks, then widened
+// exactly. pf: prefetch the next R tiles (they follow these in memory), R*chunk_b bytes per
+// chunk, so that the weight stream of token generation is in cache ahead of use.
 #define TL_RUN(tl2) ((tl2) ? 64 : 128)
 
 BITNET_INLINE void tl_tiles(int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut,
-                            size_t lut_b, const float * d, float wscale, float * GGML_RESTRICT s, size_t bs,
-                            const int tl2, const int R, const int C, const int pf) {
+                            float d, float wscale, float * GGML_RESTRICT s, const int tl2, const int R, const int pf) {
     const int     chunk_b = tl2 ? sizeof(block_tl2) : sizeof(block_tl1);
     const int     table_b = tl2 ? sizeof(tl2_table) : sizeof(tl1_table);
     const __m512i ones    = _mm512_set1_epi8(1);
     const uint8_t * pfp   = x + R*tile_b;
-    __m512i acc_lo[8][2], acc_hi[8][2];
+    __m512i acc_lo[8], acc_hi[8];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 2
-        for (int c = 0; c < C; ++c) {
-            acc_lo[r][c] = _mm512_setzero_si512();
-        }
+        acc_lo[r] = _mm512_setzero_si512();
     }
     for (int ch0 = 0; ch0 < nch; ch0 += TL_RUN(tl2)) {
         const int ch1 = nch - ch0 < TL_RUN(tl2) ? nch : ch0 + TL_RUN(tl2);
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 2
-            for (int c = 0; c < C; ++c) {
-                acc_hi[r][c] = _mm512_setzero_si512();
-            }
+            acc_hi[r] = _mm512_setzero_si512();
         }
         for (int ch = ch0; ch < ch1; ++ch) {
             if (pf) {
@@ -127,266 +119,314 @@ BITNET_INLINE void tl_tiles(int nch, const uint8_t * GGML_RESTRICT x, size_t til
             for (int r = 0; r < R; ++r) {
                 idx[r] = tl_index(x + r*tile_b + ch*chunk_b, tl2);
             }
-#pragma GCC unroll 2
-            for (int c = 0; c < C; ++c) {
-                const uint8_t * t = lut + c*lut_b + ch*table_b;
-                if (tl2) {
-                    const __m512i lo_a = _mm512_load_si512(t),       lo_b = _mm512_load_si512(t + 64);
-                    const __m512i hi_a = _mm512_load_si512(t + 128), hi_b = _mm512_load_si512(t + 192);
+            const uint8_t * t = lut + ch*table_b;
+            if (tl2) {
+                const __m512i lo_a = _mm512_load_si512(t),       lo_b = _mm512_load_si512(t + 64);
+                const __m512i hi_a = _mm512_load_si512(t + 128), hi_b = _mm512_load_si512(t + 192);
 #pragma GCC unroll 8
-                    for (int r = 0; r < R; ++r) {
-                        acc_lo[r][c] = _mm512_dpbusd_epi32(acc_lo[r][c], _mm512_permutex2var_epi8(lo_a, idx[r], lo_b), ones);
-                        acc_hi[r][c] = _mm512_add_epi8(acc_hi[r][c], _mm512_permutex2var_epi8(hi_a, idx[r], hi_b));
-                    }
-                } else {
-                    const __m512i lo = _mm512_load_si512(t), hi = _mm512_load_si512(t + 64);
+                for (int r = 0; r < R; ++r) {
+                    acc_lo[r] = _mm512_dpbusd_epi32(acc_lo[r], _mm512_permutex2var_epi8(lo_a, idx[r], lo_b), ones);
+                    acc_hi[r] = _mm512_add_epi8(acc_hi[r], _mm512_permutex2var_epi8(hi_a, idx[r], hi_b));
+                }
+            } else {
+                const __m512i lo = _mm512_load_si512(t), hi = _mm512_load_si512(t + 64);
 #pragma GCC unroll 8
-                    for (int r = 0; r < R; ++r) {
-                        acc_lo[r][c] = _mm512_dpbusd_epi32(acc_lo[r][c], _mm512_permutexvar_epi8(idx[r], lo), ones);
-                        acc_hi[r][c] = _mm512_add_epi8(acc_hi[r][c], _mm512_permutexvar_epi8(idx[r], hi));
-                    }
+                for (int r = 0; r < R; ++r) {
+                    acc_lo[r] = _mm512_dpbusd_epi32(acc_lo[r], _mm512_permutexvar_epi8(idx[r], lo), ones);
+                    acc_hi[r] = _mm512_add_epi8(acc_hi[r], _mm512_permutexvar_epi8(idx[r], hi));
                 }
             }
         }
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 2
-            for (int c = 0; c < C; ++c) {
-                const __m512i h = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, acc_hi[r][c]);
-                acc_lo[r][c] = _mm512_add_epi32(acc_lo[r][c], _mm512_slli_epi32(h, 8));
-            }
+            const __m512i h = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, acc_hi[r]);
+            acc_lo[r] = _mm512_add_epi32(acc_lo[r], _mm512_slli_epi32(h, 8));
         }
     }
     const __m512 ws = _mm512_set1_ps(wscale);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 2
-        for (int c = 0; c < C; ++c) {
-            // (float) isum * d * wscale, in the generic kernel's order
-            const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc_lo[r][c]), _mm512_set1_ps(d[c])), ws);
-            _mm512_storeu_ps(s + c*bs + r*TL_TILE_ROWS, v);
-        }
+        const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc_lo[r]), _mm512_set1_ps(d)), ws);
+        _mm512_storeu_ps(s + r*TL_TILE_ROWS, v);
     }
 }
 
-#if defined(__GNUC__)
-// Prompt processing: 3 tiles x 3 columns in inline asm. GCC's allocation of tl_tiles at this
-// size reloads the tables for every lookup and copies accumulators; here all 18 accumulators
-// stay in registers and each table is loaded once per chunk. zmm0-8: int32 low-byte sums,
-// zmm9-17: int8 high-byte sums (tile r, column c: 3r + c), zmm18-20: the tiles' indices,
-// zmm21-24: one column's tables, zmm25/26: lookups, then constants; k7 selects the upper half
-// (high nibbles), k1-k3: bit 4 of the TL2 codes.
-#define TLK_ZERO3(A, B, C)                                                                                                 \
-    "vpxord     %%zmm" #A ", %%zmm" #A ", %%zmm" #A "\n\t"                 \
-    "vpxord     %%zmm" #B ", %%zmm" #B ", %%zmm" #B "\n\t"                 \
-    "vpxord     %%zmm" #C ", %%zmm" #C ", %%zmm" #C "\n\t"
-#define TLK_ZERO_ALL                                                                                                       \
-    TLK_ZERO3(0, 1, 2) TLK_ZERO3(3, 4, 5) TLK_ZERO3(6, 7, 8)
-#define TLK_ZERO_HI                                                                                                        \
-    TLK_ZERO3(9, 10, 11) TLK_ZERO3(12, 13, 14) TLK_ZERO3(15, 16, 17)
-// cnt = min(left, run); left -= cnt
-#define TLK_RUN(RUN)                                                                                                       \
-    "mov        $" #RUN ", %[cnt]\n\t"                                     \
-    "cmp        %[cnt], %[left]\n\t"                                       \
-    "cmovb      %[left], %[cnt]\n\t"                                       \
-    "sub        %[cnt], %[left]\n\t"
-// low sum += 256 * (sum of the 4 high bytes of each row); T is a scratch register
-#define TLK_WIDEN(AL, AH, ONES, T)                                                                                         \
-    "vpxord     %%zmm" #T ", %%zmm" #T ", %%zmm" #T "\n\t"                 \
-    "vpdpbusd   %%zmm" #AH ", %%zmm" #ONES ", %%zmm" #T "\n\t"             \
-    "vpslld     $8, %%zmm" #T ", %%zmm" #T "\n\t"                          \
-    "vpaddd     %%zmm" #T ", %%zmm" #AL ", %%zmm" #AL "\n\t"
-#define TLK_WIDEN_ALL(ONES, T)                                                                                             \
-    TLK_WIDEN(0, 9, ONES, T)  TLK_WIDEN(1, 10, ONES, T) TLK_WIDEN(2, 11, ONES, T)                                          \
-    TLK_WIDEN(3, 12, ONES, T) TLK_WIDEN(4, 13, ONES, T) TLK_WIDEN(5, 14, ONES, T)                                          \
-    TLK_WIDEN(6, 15, ONES, T) TLK_WIDEN(7, 16, ONES, T) TLK_WIDEN(8, 17, ONES, T)
-#define TLK_STORE_ALL                                                                                                      \
-    "vmovdqu64  %%zmm0, (%[acc])\n\t"     "vmovdqu64 %%zmm1, 64(%[acc])\n\t"   \
-    "vmovdqu64  %%zmm2, 128(%[acc])\n\t"  "vmovdqu64 %%zmm3, 192(%[acc])\n\t"  \
-    "vmovdqu64  %%zmm4, 256(%[acc])\n\t"  "vmovdqu64 %%zmm5, 320(%[acc])\n\t"  \
-    "vmovdqu64  %%zmm6, 384(%[acc])\n\t"  "vmovdqu64 %%zmm7, 448(%[acc])\n\t"  \
-    "vmovdqu64  %%zmm8, 512(%[acc])\n\t"
-// index of a tile's chunk: 32 nibble bytes to both halves, upper half shifted, (z & 0x0F) | j
-#define TLK_INDEX(I, XA, M0F, GRP)                                                                                         \
-    "vbroadcasti64x4 " XA ", %%zmm" #I "\n\t"                              \
-    "vpsrlq     $4, %%zmm" #I ", %%zmm" #I "%{%%k7%}\n\t"                  \
-    "vpternlogd $0xea, %%zmm" #GRP ", %%zmm" #M0F ", %%zmm" #I "\n\t"
-#define TLK_CLOBBERS                                                                                                       \
-    "cc", "memory", "k1", "k2", "k3", "k7",                               \
-    "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", \
-    "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", \
-    "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30"
-
-// TL2: tables zmm21-24 (low a/b, high a/b); zmm27 ones, zmm28 0x0F, zmm29 j << 5, zmm30 0x10.
-// vpermi2b overwrites its index, so the index is copied except at its last use.
-#define TL2K_INDEX(I, XA, K)                                                                                               \
-    TLK_INDEX(I, XA, 28, 29)                                                                                               \
-    "kmovq      32" XA ", %%k" #K "\n\t"                                   \
-    "vpaddb     %%zmm30, %%zmm" #I ", %%zmm" #I "%{%%k" #K "%}\n\t"
-#define TL2K_TABLES(LA)                                                                                                    \
-    "vmovdqa64  " LA ", %%zmm21\n\t"                                       \
-    "vmovdqa64  64" LA ", %%zmm22\n\t"                                     \
-    "vmovdqa64  128" LA ", %%zmm23\n\t"                                    \
-    "vmovdqa64  192" LA ", %%zmm24\n\t"
-#define TL2K_LO(I, AL)                                                                                                     \
-    "vmovdqa64  %%zmm" #I ", %%zmm25\n\t"                                  \
-    "vpermi2b   %%zmm22, %%zmm21, %%zmm25\n\t"                             \
-    "vpdpbusd   %%zmm27, %%zmm25, %%zmm" #AL "\n\t"
-#define TL2K_LOOK(I, AL, AH)                                                                                               \
-    TL2K_LO(I, AL)                                                                                                         \
-    "vmovdqa64  %%zmm" #I ", %%zmm26\n\t"                                  \
-    "vpermi2b   %%zmm24, %%zmm23, %%zmm26\n\t"                             \
-    "vpaddb     %%zmm26, %%zmm" #AH ", %%zmm" #AH "\n\t"
-#define TL2K_LOOK_LAST(I, AL, AH)                                                                                          \
-    TL2K_LO(I, AL)                                                                                                         \
-    "vpermi2b   %%zmm24, %%zmm23, %%zmm" #I "\n\t"                         \
-    "vpaddb     %%zmm" #I ", %%zmm" #AH ", %%zmm" #AH "\n\t"
-
-// TL1: tables zmm21/22 (low, high); zmm25 ones, zmm26 0x0F, zmm27 j << 4. vpermb keeps its index.
-#define TL1K_TABLES(LA)                                                                                                    \
-    "vmovdqa64  " LA ", %%zmm21\n\t"                                       \
-    "vmovdqa64  64" LA ", %%zmm22\n\t"
-#define TL1K_LOOK(I, AL, AH)                                                                                               \
-    "vpermb     %%zmm21, %%zmm" #I ", %%zmm23\n\t"                         \
-    "vpdpbusd   %%zmm25, %%zmm23, %%zmm" #AL "\n\t"                        \
-    "vpermb     %%zmm22, %%zmm" #I ", %%zmm24\n\t"                         \
-    "vpaddb     %%zmm24, %%zmm" #AH ", %%zmm" #AH "\n\t"
-
-// dword constants: ones, 0x0F, 0x10, TL2 j << 5, TL1 j << 4 (lane 4i + j)
-static const int32_t tlk_const[5] = { 0x01010101, 0x0F0F0F0F, 0x10101010, 0x60402000, 0x30201000 };
-
-// the loop around a chunk body: runs of RUN chunks (k7 selects the upper half, the low sums
-// start at 0), the high sums zeroed per run; after the body, x and lut step by XB and LB
-// bytes, and at the end of a run the high sums are widened into the low ones (constant ONES,
-// scratch T); at the end the low sums are stored to acc
-#define TLK_LOOP_HEAD(RUN)                                                                                                 \
-    "movl       $0xf0, %k[cnt]\n\t"                                                                                        \
-    "kmovb      %k[cnt], %%k7\n\t"                                                                                         \
-    TLK_ZERO_ALL                                                                                                           \
-    "2:\n\t"                                                                                                              \
-    TLK_RUN(RUN)                                                                                                           \
-    TLK_ZERO_HI                                                                                                            \
-    ".p2align 6\n\t"  /* the loop starts a cache line: its speed does not move with the code before it */              \
-    "1:\n\t"                                                                                                              \
-    "prefetcht0 (%[pl])\n\t"                                                                                              \
-    "prefetcht0 64(%[pl])\n\t"
-#define TLK_LOOP_TAIL(XB, LB, ONES, T)                                                                                     \
-    "add        $" #XB ", %[x]\n\t"                                                                                       \
-    "add        $3*" #XB ", %[pl]\n\t"                                                                                    \
-    "add        $" #LB ", %[lut]\n\t"                                                                                     \
-    "dec        %[cnt]\n\t"                                                                                               \
-    "jnz        1b\n\t"                                                                                                   \
-    TLK_WIDEN_ALL(ONES, T)                                                                                                 \
-    "test       %[left], %[left]\n\t"                                                                                     \
-    "jnz        2b\n\t"                                                                                                   \
-    TLK_STORE_ALL
-#define TLK_OPERANDS                                                                                                       \
-    : [x] "+r" (x), [lut] "+r" (lut), [left] "+r" (left), [cnt] "=&r" (cnt), [pl] "+r" (pl)                                \
-    : [tb] "r" (tile_b), [lb] "r" (lut_b), [acc] "r" (acc), [k] "r" (tlk_const)                                            \
-    : TLK_CLOBBERS
-
-static_assert(sizeof(block_tl2) == 40 && sizeof(tl2_table) == 256, "the TL2 loop below steps by these");
-static_assert(sizeof(block_tl1) == 32 && sizeof(tl1_table) == 128, "the TL1 loop below steps by these");
-
-// acc[3r + c] = int32 row sums of tile r (x + r*tile_b) with column c (LUT at lut + c*lut_b);
-// the next 3 tiles are prefetched as in tl_tiles (a batch of few columns waits on them otherwise)
-static void tl_tiles3x3_asm(int tl2, int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut,
-                            size_t lut_b, __m512i * GGML_RESTRICT acc) {
-    size_t left = (size_t) nch, cnt;
-    const uint8_t * pl = x + 3*tile_b;  // the next 3 tiles, fetched 3 chunks' bytes per chunk (see tl_tiles)
-    if (tl2) {
-        __asm__ volatile(
-            "vpbroadcastd (%[k]), %%zmm27\n\t"
-            "vpbroadcastd 4(%[k]), %%zmm28\n\t"
-            "vpbroadcastd 12(%[k]), %%zmm29\n\t"
-            "vpbroadcastd 8(%[k]), %%zmm30\n\t"
-            TLK_LOOP_HEAD(64)
-            TL2K_INDEX(18, "(%[x])", 1)
-            TL2K_INDEX(19, "(%[x],%[tb])", 2)
-            TL2K_INDEX(20, "(%[x],%[tb],2)", 3)
-            TL2K_TABLES("(%[lut])")
-            TL2K_LOOK(18, 0, 9)       TL2K_LOOK(19, 3, 12)      TL2K_LOOK(20, 6, 15)
-            TL2K_TABLES("(%[lut],%[lb])")
-            TL2K_LOOK(18, 1, 10)      TL2K_LOOK(19, 4, 13)      TL2K_LOOK(20, 7, 16)
-            TL2K_TABLES("(%[lut],%[lb],2)")
-            TL2K_LOOK_LAST(18, 2, 11) TL2K_LOOK_LAST(19, 5, 14) TL2K_LOOK_LAST(20, 8, 17)
-            TLK_LOOP_TAIL(40, 256, 27, 25)
-            TLK_OPERANDS);
-    } else {
-        __asm__ volatile(
-            "vpbroadcastd (%[k]), %%zmm25\n\t"
-            "vpbroadcastd 4(%[k]), %%zmm26\n\t"
-            "vpbroadcastd 16(%[k]), %%zmm27\n\t"
-            TLK_LOOP_HEAD(128)
-            TLK_INDEX(18, "(%[x])", 26, 27)
-            TLK_INDEX(19, "(%[x],%[tb])", 26, 27)
-            TLK_INDEX(20, "(%[x],%[tb],2)", 26, 27)
-            TL1K_TABLES("(%[lut])")
-            TL1K_LOOK(18, 0, 9)  TL1K_LOOK(19, 3, 12) TL1K_LOOK(20, 6, 15)
-            TL1K_TABLES("(%[lut],%[lb])")
-            TL1K_LOOK(18, 1, 10) TL1K_LOOK(19, 4, 13) TL1K_LOOK(20, 7, 16)
-            TL1K_TABLES("(%[lut],%[lb],2)")
-            TL1K_LOOK(18, 2, 11) TL1K_LOOK(19, 5, 14) TL1K_LOOK(20, 8, 17)
-            TLK_LOOP_TAIL(32, 128, 25, 23)
-            TLK_OPERANDS);
+#define TL_KERNEL(TYPE, TL2, R, PF)                                                                                        \
+    static void TYPE##_tiles_##R##x1(int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut, \
+                                     size_t lut_b, const float * d, float wscale, float * GGML_RESTRICT s, size_t bs) {    \
+        (void) lut_b; (void) bs;                                                                                           \
+        tl_tiles(nch, x, tile_b, lut, d[0], wscale, s, TL2, R, PF);                                                        \
     }
-}
-
-BITNET_INLINE void tl_tiles3x3(int tl2, int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut,
-                               size_t lut_b, const float * d, float wscale, float * GGML_RESTRICT s, size_t bs) {
-    __m512i acc[9];
-    tl_tiles3x3_asm(tl2, nch, x, tile_b, lut, lut_b, acc);
-    const __m512 ws = _mm512_set1_ps(wscale);
-    for (int r = 0; r < 3; ++r) {
-        for (int c = 0; c < 3; ++c) {
-            const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[3*r + c]), _mm512_set1_ps(d[c])), ws);
-            _mm512_storeu_ps(s + c*bs + r*TL_TILE_ROWS, v);
-        }
-    }
-}
-#endif
-
-// fixed-shape instances of tl_tiles for the plans below
-#define TL_KERNEL(TYPE, TL2, R, C, PF)                                                                                     \
-    static void TYPE##_tiles_##R##x##C(int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut, \
-                                      size_t lut_b, const float * d, float wscale, float * GGML_RESTRICT s, size_t bs) {   \
-        tl_tiles(nch, x, tile_b, lut, lut_b, d, wscale, s, bs, TL2, R, C, PF);                                             \
-    }
-#if defined(__GNUC__)
-#define TL_KERNEL_3X3(TYPE, TL2)                                                                                           \
-    static void TYPE##_tiles_3x3(int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut, \
-                                 size_t lut_b, const float * d, float wscale, float * GGML_RESTRICT s, size_t bs) {        \
-        tl_tiles3x3(TL2, nch, x, tile_b, lut, lut_b, d, wscale, s, bs);                                                    \
-    }
-#define TL_3X3(TYPE) TYPE##_tiles_3x3
-#else
-#define TL_KERNEL_3X3(TYPE, TL2)
-#define TL_3X3(TYPE) NULL
-#endif
-
-// Token generation: 8 tiles share each table load. Batches: 3 tiles x 3 columns (asm) while 3
-// columns are left, then 4 x 2. Both prefetch the next tiles (PF = 1): with few columns (a
-// server's decode step) the weights come from DRAM as in token generation.
+// one column (token generation); several take tl_gemm_decoded below, so the plan is used for both
 #define TL_PLANS(TYPE, TL2)                                                                                                \
-    TL_KERNEL(TYPE, TL2, 8, 1, 1) TL_KERNEL(TYPE, TL2, 2, 1, 1)                                                            \
-    TL_KERNEL(TYPE, TL2, 3, 2, 1) TL_KERNEL(TYPE, TL2, 3, 1, 1) TL_KERNEL(TYPE, TL2, 4, 2, 1)                              \
-    TL_KERNEL(TYPE, TL2, 4, 1, 1) TL_KERNEL(TYPE, TL2, 1, 1, 0) TL_KERNEL_3X3(TYPE, TL2)                                   \
+    TL_KERNEL(TYPE, TL2, 8, 1) TL_KERNEL(TYPE, TL2, 2, 1) TL_KERNEL(TYPE, TL2, 1, 0)                                       \
     static const struct bitnet_tl_rung TYPE##_gen[] = {                                                                    \
         { 8, 1, { NULL, TYPE##_tiles_8x1 } },                                                                              \
         { 2, 1, { NULL, TYPE##_tiles_2x1 } },                                                                              \
         { 1, 1, { NULL, TYPE##_tiles_1x1 } },                                                                              \
     };                                                                                                                     \
-    static const struct bitnet_tl_rung TYPE##_batch[] = {                                                                  \
-        { 3, 3, { NULL, TYPE##_tiles_3x1, TYPE##_tiles_3x2, TL_3X3(TYPE) } },                                              \
-        { 4, 1, { NULL, TYPE##_tiles_4x1, TYPE##_tiles_4x2 } },                                                            \
-        { 1, 1, { NULL, TYPE##_tiles_1x1 } },                                                                              \
-    };                                                                                                                     \
-    static const struct bitnet_tl_kernels TYPE##_kernels = {                                                               \
-        TYPE##_build_lut512, 3, TYPE##_gen, TYPE##_batch, 3, 3,                                                            \
-    };
+    static const struct bitnet_tl_kernels TYPE##_kernels = { TYPE##_build_lut512, 1, TYPE##_gen, TYPE##_gen, 3, 3 };
 
 TL_PLANS(tl1, 0)
 TL_PLANS(tl2, 1)
+
+// ---------------------------------------------------------------- TL1 / TL2, several columns: decoded codes
+//
+// With several activation columns the lookup tables cost as much per column as a dot product of
+// decoded weights would (two byte permutes and a vpdpbusd per chunk, where decoded trits need
+// one vpdpbusd per trit position), and each column's tables, 6x (TL1) to 21x (TL2) the bytes of
+// the codes they serve, are read again for every tile. So here the codes of each chunk are
+// decoded once, one vpermb per trit position p into trit + 1 (0..2, lane 4i + j: row i, group j),
+// and every column's activations of that position (groups 0..3 of the chunk: 4 bytes, broadcast)
+// are multiplied in with vpdpbusd, which sums lanes 4i..4i+3 into row i. The +1 adds the
+// column's sum(q) to every row; the I8_S row carries it and it is subtracted at the end.
+// The activations are first split by trit position and interleaved by column (tl_split_acts):
+// chunk ch, column c, position p at ch*cs + c*4gw + 4p, so that a kernel reads all its columns
+// from one pointer.
+
+#define TL_DEC_MAX_COLS 160  // columns split at once (their d and sum(q) on the stack)
+
+// code -> trit p + 1 of TL1 / TL2 (one vpermb table per p), unused codes as zero weights
+typedef struct {
+    uint8_t t[3][64];
+} tl_dec_tables_t;
+
+static void tl_dec_tables(int tl2, tl_dec_tables_t * tab) {
+    for (int p = 0; p < 3; ++p) {
+        for (int v = 0; v < 64; ++v) {
+            const int t = tl2 ? (v < 32 ? bitnet_tl2_trits[p][v] : 0) : (p < 2 && v < 16 ? bitnet_tl1_trits[p][v] : 0);
+            tab->t[p][v] = (uint8_t) (t + 1);
+        }
+    }
+}
+
+// one I8_S row (column c) into the split layout above (cs bytes per chunk), zeros past n
+static void tl_split_acts(int gw, const int8_t * GGML_RESTRICT q, int n, int nch, int8_t * GGML_RESTRICT dst, size_t cs) {
+    const int cb = 4*gw;  // bytes of a chunk: 4 groups
+    uint8_t perm[64];     // 4 chunks per step, chunk i to bytes 16i..
+    for (int o = 0; o < 64; ++o) {
+        const int i = o / 16, p = (o % 16) / 4, j = o % 4;
+        perm[o] = (uint8_t) (p < gw ? i*cb + gw*j + p : 0);
+    }
+    const __m512i   idx  = _mm512_loadu_si512(perm);
+    const __mmask16 keep = (__mmask16) ((1u << cb) - 1);
+    for (int ch = 0; ch < nch; ch += 4) {
+        const int       k   = ch*cb;
+        const int       rem = n - k < 4*cb ? n - k : 4*cb;  // values of these 4 chunks inside the row
+        const __m512i   v   = _mm512_permutexvar_epi8(idx, _mm512_maskz_loadu_epi8(_cvtu64_mask64(rem <= 0 ? 0 : ~0ULL >> (64 - rem)), q + k));
+        int8_t * o = dst + ch*cs;
+        _mm_mask_storeu_epi8(o, keep, _mm512_castsi512_si128(v));
+        if (ch + 1 < nch) _mm_mask_storeu_epi8(o + cs,   keep, _mm512_extracti32x4_epi32(v, 1));
+        if (ch + 2 < nch) _mm_mask_storeu_epi8(o + 2*cs, keep, _mm512_extracti32x4_epi32(v, 2));
+        if (ch + 3 < nch) _mm_mask_storeu_epi8(o + 3*cs, keep, _mm512_extracti32x4_epi32(v, 3));
+    }
+}
+
+// row i of column c: (acc lane i - sum(q)) * d * wscale, as the reference rounds it
+BITNET_INLINE void tl_dec_store(__m512i acc, int32_t sum, float d, float wscale, float * GGML_RESTRICT s) {
+    const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(sum)));
+    _mm512_storeu_ps(s, _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(d)), _mm512_set1_ps(wscale)));
+}
+
+// one full tile (16 rows) x C columns: a points at the first column's bytes of chunk 0
+BITNET_INLINE void tl_dec_tile(int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a,
+                               size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, size_t bs,
+                               const int tl2, const int C) {
+    const int gw      = tl2 ? 3 : 2;
+    const int chunk_b = tl2 ? sizeof(block_tl2) : sizeof(block_tl1);
+    __m512i t[3], acc[8];
+    for (int p = 0; p < gw; ++p) {
+        t[p] = _mm512_loadu_si512(tab->t[p]);
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+        acc[c] = _mm512_setzero_si512();
+    }
+    for (int ch = 0; ch < nch; ++ch, a += cs) {
+        _mm_prefetch((const char *) x + (ch + 16)*chunk_b, _MM_HINT_T0);
+        const __m512i z = tl_codes(x + ch*chunk_b, tl2);
+        __m512i w[3];
+#pragma GCC unroll 3
+        for (int p = 0; p < gw; ++p) {
+            w[p] = _mm512_permutexvar_epi8(z, t[p]);
+        }
+#pragma GCC unroll 8
+        for (int c = 0; c < C; ++c) {
+#pragma GCC unroll 3
+            for (int p = 0; p < gw; ++p) {
+                int32_t a4;
+                memcpy(&a4, a + c*4*gw + 4*p, sizeof(a4));
+                acc[c] = _mm512_dpbusd_epi32(acc[c], w[p], _mm512_set1_epi32(a4));
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+        tl_dec_store(acc[c], sum[c], d[c], wscale, s + c*bs);
+    }
+}
+
+#if defined(__GNUC__)
+// 16 columns, the widest kernel: GCC spills that many accumulators, so it is written out.
+// zmm0-15 the columns' sums, 16-18 the decoded trits, 19-21 the tables, 22-25 the codes' constants.
+#define TLD_DOT3(C)                                                                                                        \
+    "vpdpbusd   " #C "*12(%[a])%{1to16%}, %%zmm16, %%zmm" #C "\n\t"                                                   \
+    "vpdpbusd   " #C "*12+4(%[a])%{1to16%}, %%zmm17, %%zmm" #C "\n\t"                                                 \
+    "vpdpbusd   " #C "*12+8(%[a])%{1to16%}, %%zmm18, %%zmm" #C "\n\t"
+#define TLD_DOT2(C)                                                                                                        \
+    "vpdpbusd   " #C "*8(%[a])%{1to16%}, %%zmm16, %%zmm" #C "\n\t"                                                    \
+    "vpdpbusd   " #C "*8+4(%[a])%{1to16%}, %%zmm17, %%zmm" #C "\n\t"
+#define TLD_16(DOT)                                                                                                        \
+    DOT(0) DOT(1) DOT(2)  DOT(3)  DOT(4)  DOT(5)  DOT(6)  DOT(7)                                                           \
+    DOT(8) DOT(9) DOT(10) DOT(11) DOT(12) DOT(13) DOT(14) DOT(15)
+#define TLD_ZERO(A) "vpxord %%zmm" #A ", %%zmm" #A ", %%zmm" #A "\n\t"
+#define TLD_STORE(A) "vmovdqu64 %%zmm" #A ", " #A "*64(%[acc])\n\t"
+
+static void tl_dec_tile16(int tl2, int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a,
+                          size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, size_t bs) {
+    static const uint64_t shift[8] = { 0, 0, 0, 0, 4, 4, 4, 4 };
+    __m512i acc[16];
+    size_t cnt = (size_t) nch;
+    unsigned tmp;
+    if (tl2) {
+        __asm__ volatile(
+            "vmovdqu64  (%[tab]), %%zmm19\n\t"
+            "vmovdqu64  64(%[tab]), %%zmm20\n\t"
+            "vmovdqu64  128(%[tab]), %%zmm21\n\t"
+            "vmovdqu64  (%[sh]), %%zmm22\n\t"
+            "movl       $0x0f0f0f0f, %k[t]\n\t"
+            "vpbroadcastd %k[t], %%zmm23\n\t"
+            "movl       $0x10101010, %k[t]\n\t"
+            "vpbroadcastd %k[t], %%zmm24\n\t"
+            TLD_16(TLD_ZERO)
+            ".p2align 6\n\t"
+            "1:\n\t"
+            "prefetcht0 640(%[x])\n\t"
+            "vbroadcasti64x4 (%[x]), %%zmm25\n\t"
+            "kmovq      32(%[x]), %%k1\n\t"
+            "vpsrlvq    %%zmm22, %%zmm25, %%zmm25\n\t"
+            "vpandd     %%zmm23, %%zmm25, %%zmm25\n\t"
+            "vpaddb     %%zmm24, %%zmm25, %%zmm25%{%%k1%}\n\t"
+            "vpermb     %%zmm19, %%zmm25, %%zmm16\n\t"
+            "vpermb     %%zmm20, %%zmm25, %%zmm17\n\t"
+            "vpermb     %%zmm21, %%zmm25, %%zmm18\n\t"
+            TLD_16(TLD_DOT3)
+            "add        $40, %[x]\n\t"
+            "add        %[cs], %[a]\n\t"
+            "dec        %[cnt]\n\t"
+            "jnz        1b\n\t"
+            TLD_16(TLD_STORE)
+            : [x] "+r" (x), [a] "+r" (a), [cnt] "+r" (cnt), [t] "=&r" (tmp)
+            : [cs] "r" (cs), [tab] "r" (tab->t), [sh] "r" (shift), [acc] "r" (acc)
+            : "cc", "memory", "k1", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+              "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22",
+              "xmm23", "xmm24", "xmm25");
+    } else {
+        __asm__ volatile(
+            "vmovdqu64  (%[tab]), %%zmm19\n\t"
+            "vmovdqu64  64(%[tab]), %%zmm20\n\t"
+            "vmovdqu64  (%[sh]), %%zmm22\n\t"
+            "movl       $0x0f0f0f0f, %k[t]\n\t"
+            "vpbroadcastd %k[t], %%zmm23\n\t"
+            TLD_16(TLD_ZERO)
+            ".p2align 6\n\t"
+            "1:\n\t"
+            "prefetcht0 512(%[x])\n\t"
+            "vbroadcasti64x4 (%[x]), %%zmm25\n\t"
+            "vpsrlvq    %%zmm22, %%zmm25, %%zmm25\n\t"
+            "vpandd     %%zmm23, %%zmm25, %%zmm25\n\t"
+            "vpermb     %%zmm19, %%zmm25, %%zmm16\n\t"
+            "vpermb     %%zmm20, %%zmm25, %%zmm17\n\t"
+            TLD_16(TLD_DOT2)
+            "add        $32, %[x]\n\t"
+            "add        %[cs], %[a]\n\t"
+            "dec        %[cnt]\n\t"
+            "jnz        1b\n\t"
+            TLD_16(TLD_STORE)
+            : [x] "+r" (x), [a] "+r" (a), [cnt] "+r" (cnt), [t] "=&r" (tmp)
+            : [cs] "r" (cs), [tab] "r" (tab->t), [sh] "r" (shift), [acc] "r" (acc)
+            : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+              "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm22", "xmm23",
+              "xmm25");
+    }
+    for (int c = 0; c < 16; ++c) {
+        tl_dec_store(acc[c], sum[c], d[c], wscale, s + c*bs);
+    }
+}
+#define TL_DEC_16(TYPE, TL2)                                                                                               \
+    static void TYPE##_dec_16(int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a, \
+                              size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, size_t bs) { \
+        tl_dec_tile16(TL2, nch, x, tab, a, cs, d, sum, wscale, s, bs);                                                     \
+    }
+#define TL_DEC_16_OR_NULL(TYPE) TYPE##_dec_16
+#else
+#define TL_DEC_16(TYPE, TL2)
+#define TL_DEC_16_OR_NULL(TYPE) NULL
+#endif
+
+typedef void (*tl_dec_tile_fn)(int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a,
+                               size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, size_t bs);
+#define TL_DEC_KERNEL(TYPE, TL2, C)                                                                                        \
+    static void TYPE##_dec_##C(int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a, \
+                               size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, size_t bs) { \
+        tl_dec_tile(nch, x, tab, a, cs, d, sum, wscale, s, bs, TL2, C);                                                    \
+    }
+// kernels by width, widest first (NULL: none of that width)
+#define TL_DEC_KERNELS(TYPE, TL2)                                                                                          \
+    TL_DEC_16(TYPE, TL2) TL_DEC_KERNEL(TYPE, TL2, 8) TL_DEC_KERNEL(TYPE, TL2, 4)                                           \
+    TL_DEC_KERNEL(TYPE, TL2, 2) TL_DEC_KERNEL(TYPE, TL2, 1)                                                                \
+    static const tl_dec_tile_fn TYPE##_dec[5] = { TL_DEC_16_OR_NULL(TYPE), TYPE##_dec_8, TYPE##_dec_4, TYPE##_dec_2, TYPE##_dec_1 };
+TL_DEC_KERNELS(tl1, 0)
+TL_DEC_KERNELS(tl2, 1)
+
+// ggml_gemm_tl_i8_s for nc >= 2: the columns split into scratch (as many as it holds), then row
+// blocks of about 256 KiB of codes, which stay in L2 while every column passes over them in
+// kernels of 16, 8, 4, 2, 1 columns; the last, shorter tile goes to the scalar kernel.
+static void tl_gemm_decoded(enum ggml_type type, int n, float * GGML_RESTRICT s, size_t bs, const uint8_t * GGML_RESTRICT x, int nr,
+                            const int8_t * GGML_RESTRICT y, size_t by, int nc, float wscale, uint8_t * GGML_RESTRICT scratch) {
+    const int      tl2    = type == GGML_TYPE_TL2;
+    const int      gw     = ggml_tl_group(type);
+    const int      nch    = (int) ggml_tl_chunks(type, n);
+    const size_t   tile_b = (size_t) nch * ggml_tl_chunk_bytes(type, TL_TILE_ROWS);
+    const int      full   = nr / TL_TILE_ROWS;
+    const tl_dec_tile_fn * k = tl2 ? tl2_dec : tl1_dec;
+    static const int widths[5] = { 16, 8, 4, 2, 1 };
+    int batch = (int) ((ggml_tl_scratch_bytes(type, n) - 64) / ((size_t) nch*4*gw));
+    batch = batch > TL_DEC_MAX_COLS ? TL_DEC_MAX_COLS : batch;
+    int block = (int) ((256*1024) / tile_b);
+    block = block < 1 ? 1 : block;
+    tl_dec_tables_t tab;
+    tl_dec_tables(tl2, &tab);
+
+    for (int c0 = 0; c0 < nc; c0 += batch) {
+        const int    cn = nc - c0 < batch ? nc - c0 : batch;
+        const size_t cs = (size_t) cn*4*gw;
+        float   d[TL_DEC_MAX_COLS];
+        int32_t sum[TL_DEC_MAX_COLS];
+        for (int c = 0; c < cn; ++c) {
+            const int8_t * q = y + (c0 + c)*by;
+            tl_split_acts(gw, q, n, nch, (int8_t *) scratch + c*4*gw, cs);
+            d[c]   = bitnet_row_d(q, n);
+            sum[c] = bitnet_row_sum(q, n);
+        }
+        for (int t0 = 0; t0 < full; t0 += block) {
+            const int t1 = full - t0 < block ? full : t0 + block;
+            int c = 0;
+            for (int w = 0; w < 5; ++w) {
+                for (; k[w] != NULL && c + widths[w] <= cn; c += widths[w]) {
+                    for (int t = t0; t < t1; ++t) {
+                        k[w](nch, x + t*tile_b, &tab, (const int8_t *) scratch + c*4*gw, cs, d + c, sum + c, wscale,
+                             s + (c0 + c)*bs + t*TL_TILE_ROWS, bs);
+                    }
+                }
+            }
+        }
+        if (full*TL_TILE_ROWS < nr) {
+            ggml_gemm_tl_i8_s_generic(type, n, s + c0*bs + full*TL_TILE_ROWS, bs, x + full*tile_b,
+                                      nr - full*TL_TILE_ROWS, y + c0*by, by, cn, wscale, NULL);
+        }
+    }
+}
 
 #elif defined(__AVX2__)
 
@@ -568,6 +608,12 @@ void ggml_gemm_tl_i8_s(enum ggml_type type, int n, float * GGML_RESTRICT s, size
     k = type == GGML_TYPE_TL2 ? &tl2_kernels : &tl1_kernels;
 #elif defined(__AVX2__)
     k = type == GGML_TYPE_TL2 ? &tl2_kernels : NULL;
+#endif
+#if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    if (nc >= 2) {
+        tl_gemm_decoded(type, n, s, bs, (const uint8_t *) vx, nr, (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
+        return;
+    }
 #endif
     if (k != NULL) {
         bitnet_tl_gemm(k, type, n, s, bs, (const uint8_t *) vx, nr, (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
