@@ -40,11 +40,11 @@ BITNET_INLINE void bitnet_q6_k_codes(const block_q6_K * GGML_RESTRICT x, __m512i
     }
 }
 
-// One row x C columns. Per block: the codes less 32 (s8) against the activations plus 128 (u8,
-// a sign flip) in int16 pair sums (|2 * 255 * 32| fits), times the 16-element group's scale into
-// int32 (vpdpwssd); the +128 adds 128 * sum(scale * codes less 32), the same for every column, so
-// it is computed once per block and each column's sum starts from its negative. Then scaled by
-// d_x * d_y in float.
+// One row x C columns. Per block: the codes (0..63, u8) against the activations (s8) in int16
+// pair sums (|2 * 63 * 127| fits), times the 16-element group's scale into int32 (vpdpwssd). The
+// codes stand for code - 32: the -32 * sum(scale_g * sum of the group's activations) comes from
+// Q8_K's own group sums (bsums), one vpmaddwd per column, and starts that column's sum. Then
+// scaled by d_x * d_y in float.
 BITNET_INLINE void bitnet_q6_k_row(int nb, float * GGML_RESTRICT s, size_t bs, const block_q6_K * GGML_RESTRICT x,
                                    const uint8_t * GGML_RESTRICT vy, size_t by, const int C) {
     // int16 lane k of vector z covers elements 64z + 2k, +1: group 4z + k/8
@@ -54,9 +54,6 @@ BITNET_INLINE void bitnet_q6_k_row(int nb, float * GGML_RESTRICT s, size_t bs, c
         { 8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9, 10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11 },
         { 12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13, 14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15 },
     };
-    const __m512i m32  = _mm512_set1_epi8(32);
-    const __m512i ones = _mm512_set1_epi8(1);
-    const __m512i flip = _mm512_set1_epi8((char) 0x80);
     __m512 accf[BITNET_Q6_K_C];
     for (int c = 0; c < C; ++c) {
         accf[c] = _mm512_setzero_ps();
@@ -70,20 +67,17 @@ BITNET_INLINE void bitnet_q6_k_row(int nb, float * GGML_RESTRICT s, size_t bs, c
         __m512i w[4], sc[4];
         bitnet_q6_k_codes(x + b, w);
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) x[b].scales));
-        __m512i corr = _mm512_setzero_si512();
+        const __m256i nsc  = _mm256_mullo_epi16(sc16, _mm256_set1_epi16(-32));  // |32 * 128| fits int16
         for (int z = 0; z < 4; ++z) {
             sc[z] = _mm512_permutexvar_epi16(_mm512_loadu_si512((const void *) group_of_lane[z]), _mm512_castsi256_si512(sc16));
-            w[z]  = _mm512_sub_epi8(w[z], m32);
-            corr  = _mm512_dpwssd_epi32(corr, _mm512_maddubs_epi16(ones, w[z]), sc[z]);
         }
-        const __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(corr, 7));
         const float dx = GGML_CPU_FP16_TO_FP32(x[b].d);
         for (int c = 0; c < C; ++c) {
             const block_q8_K * y = (const block_q8_K *) (vy + c*by) + b;
-            __m512i acc = start;
+            __m512i acc = _mm512_zextsi256_si512(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *) y->bsums), nsc));
             for (int z = 0; z < 4; ++z) {
-                const __m512i q = _mm512_xor_si512(_mm512_loadu_si512((const void *)(y->qs + 64*z)), flip);
-                acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q, w[z]), sc[z]);
+                const __m512i q = _mm512_loadu_si512((const void *)(y->qs + 64*z));
+                acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(w[z], q), sc[z]);
             }
             accf[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(dx * y->d), accf[c]);
         }
