@@ -281,6 +281,19 @@ BITNET_INLINE void tl_dec_tile(int nch, const uint8_t * GGML_RESTRICT x, const t
     DOT(8) DOT(9) DOT(10) DOT(11) DOT(12) DOT(13) DOT(14) DOT(15)
 #define TLD_ZERO(A) "vpxord %%zmm" #A ", %%zmm" #A ", %%zmm" #A "\n\t"
 #define TLD_STORE(A) "vmovdqu64 %%zmm" #A ", " #A "*64(%[acc])\n\t"
+// the next chunk (XB bytes of codes, cs of activations), then the sums out
+#define TLD_TAIL(XB)                                                                                                       \
+    "add        $" #XB ", %[x]\n\t"                                                                                       \
+    "add        %[cs], %[a]\n\t"                                                                                          \
+    "dec        %[cnt]\n\t"                                                                                               \
+    "jnz        1b\n\t"                                                                                                   \
+    TLD_16(TLD_STORE)
+#define TLD_OPERANDS                                                                                                       \
+    : [x] "+r" (x), [a] "+r" (a), [cnt] "+r" (cnt), [t] "=&r" (tmp)                                                        \
+    : [cs] "r" (cs), [tab] "r" (tab->t), [sh] "r" (shift), [acc] "r" (acc)                                                 \
+    : "cc", "memory", "k1", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",       \
+      "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22",         \
+      "xmm23", "xmm24", "xmm25"
 
 static void tl_dec_tile16(int tl2, int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a,
                           size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, size_t bs) {
@@ -311,16 +324,8 @@ static void tl_dec_tile16(int tl2, int nch, const uint8_t * GGML_RESTRICT x, con
             "vpermb     %%zmm20, %%zmm25, %%zmm17\n\t"
             "vpermb     %%zmm21, %%zmm25, %%zmm18\n\t"
             TLD_16(TLD_DOT3)
-            "add        $40, %[x]\n\t"
-            "add        %[cs], %[a]\n\t"
-            "dec        %[cnt]\n\t"
-            "jnz        1b\n\t"
-            TLD_16(TLD_STORE)
-            : [x] "+r" (x), [a] "+r" (a), [cnt] "+r" (cnt), [t] "=&r" (tmp)
-            : [cs] "r" (cs), [tab] "r" (tab->t), [sh] "r" (shift), [acc] "r" (acc)
-            : "cc", "memory", "k1", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
-              "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22",
-              "xmm23", "xmm24", "xmm25");
+            TLD_TAIL(40)
+            TLD_OPERANDS);
     } else {
         __asm__ volatile(
             "vmovdqu64  (%[tab]), %%zmm19\n\t"
@@ -338,16 +343,8 @@ static void tl_dec_tile16(int tl2, int nch, const uint8_t * GGML_RESTRICT x, con
             "vpermb     %%zmm19, %%zmm25, %%zmm16\n\t"
             "vpermb     %%zmm20, %%zmm25, %%zmm17\n\t"
             TLD_16(TLD_DOT2)
-            "add        $32, %[x]\n\t"
-            "add        %[cs], %[a]\n\t"
-            "dec        %[cnt]\n\t"
-            "jnz        1b\n\t"
-            TLD_16(TLD_STORE)
-            : [x] "+r" (x), [a] "+r" (a), [cnt] "+r" (cnt), [t] "=&r" (tmp)
-            : [cs] "r" (cs), [tab] "r" (tab->t), [sh] "r" (shift), [acc] "r" (acc)
-            : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
-              "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm22", "xmm23",
-              "xmm25");
+            TLD_TAIL(32)
+            TLD_OPERANDS);
     }
     for (int c = 0; c < 16; ++c) {
         tl_dec_store(acc[c], sum[c], d[c], wscale, s + c*bs);
