@@ -116,7 +116,7 @@ def measure(shape: Shape, threads: int, candidates: list[str], tools: Path, prog
 def candidates(features: dict[str, bool]) -> list[str]:
     """Our types with a SIMD kernel for the build's widest instruction set (`features` as
     doctor.cpu_features reports them): the others run the scalar reference, orders of magnitude
-    slower (TL1 on an AVX2-only build: 0.3 t/s) and not worth minutes of measuring."""
+    slower (TL2 on ARM) and not worth minutes of measuring."""
     isa = next((k.lower() for k in ("AVX512", "AVX2", "NEON") if features.get(k)), None)
     return [name for name, t in quants.OURS.items() if isa in t.kernels] or list(quants.OURS)
 

@@ -59,7 +59,7 @@ class Ternary:
 # the registry: writer, convert, dummy, bench, doctor and the tests read it
 OURS = {t.name: t for t in (
     Ternary("i2_s", I2_S, FILE_TYPES["MOSTLY_I2_S"], ("avx512", "avx2", "neon")),
-    Ternary("tl1", TL1, FILE_TYPES["MOSTLY_TL1"], ("avx512", "neon")),
+    Ternary("tl1", TL1, FILE_TYPES["MOSTLY_TL1"], ("avx512", "avx2", "neon")),
     Ternary("tl2", TL2, FILE_TYPES["MOSTLY_TL2"], ("avx512", "avx2")),
 )}
 BY_QTYPE = {t.qtype: t for t in OURS.values()}

@@ -498,6 +498,7 @@ static void bitnet_gemv256(int n, float * GGML_RESTRICT s, const uint8_t * GGML_
     int r0 = 0;
     for (; r0 + 4 <= nr; r0 += 4) {
         const block_i2_s * xr = (const block_i2_s *) (x + r0*bx);
+        const uint8_t    * pl = x + (r0 + 4)*bx;  // the next 4 rows, fetched 128 bytes per group as in bitnet_tile512
         __m256i acc[4];
         for (int r = 0; r < 4; ++r) {
             acc[r] = _mm256_setzero_si256();
@@ -509,6 +510,8 @@ static void bitnet_gemv256(int n, float * GGML_RESTRICT s, const uint8_t * GGML_
                 a16[r] = _mm256_setzero_si256();
             }
             for (int g = g0; g < g1; ++g) {
+                _mm_prefetch((const char *) pl + g*128, _MM_HINT_T0);
+                _mm_prefetch((const char *) pl + g*128 + 64, _MM_HINT_T0);
                 const __m256i * q = (const __m256i *)(y + g*QK_I2_S);
                 for (int r = 0; r < 4; ++r) {
                     const __m256i v = _mm256_loadu_si256((const __m256i *) bitnet_i2s_group(xr, bx, r, g));

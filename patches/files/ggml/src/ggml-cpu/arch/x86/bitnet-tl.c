@@ -170,6 +170,157 @@ BITNET_INLINE void tl_tiles(int nch, const uint8_t * GGML_RESTRICT x, size_t til
 TL_PLANS(tl1, 0)
 TL_PLANS(tl2, 1)
 
+#elif defined(__AVX2__)
+
+// AVX2 (no byte permutes across 64 entries): a chunk's 64 lanes are transposed once into two
+// vectors whose 128-bit halves each hold one group's 16 rows -- X = (group 0 | group 2),
+// Y = (group 1 | group 3) -- so that pshufb's per-half 16-entry tables fit. The 32 nibble bytes
+// are transposed before the nibbles are split (byte b holds rows b/4 and 8 + b/4 of the same
+// group), and bit 4 is expanded straight into X/Y order; codes 0-15 and 16-31 are two lookups
+// blended by bit 4. Low and high table bytes are interleaved into exact int16 values and summed
+// in int16 for up to 32 chunks (|2 x 384| per chunk), then widened. This path keeps its own table
+// order (per chunk, 8 vectors: X's low bytes for codes 0-15 and 16-31, X's high bytes, then Y's).
+// It serves one column (token generation); several take the decoded kernels further down.
+
+#define TL2_FLUSH   32  // chunks summed in int16 before widening
+
+// one group's 32 table values as (low bytes, high bytes), each ordered codes 0-15 | codes 16-31
+static inline void tl2_group_bytes(int16_t a0, int16_t a1, int16_t a2, __m256i * lo, __m256i * hi) {
+    __m256i v[2];
+    for (int h = 0; h < 2; ++h) {
+        __m256i x = _mm256_mullo_epi16(_mm256_set1_epi16(a0), _mm256_loadu_si256((const __m256i *) (bitnet_tl2_trits[0] + 16*h)));
+        x = _mm256_add_epi16(x, _mm256_mullo_epi16(_mm256_set1_epi16(a1), _mm256_loadu_si256((const __m256i *) (bitnet_tl2_trits[1] + 16*h))));
+        x = _mm256_add_epi16(x, _mm256_mullo_epi16(_mm256_set1_epi16(a2), _mm256_loadu_si256((const __m256i *) (bitnet_tl2_trits[2] + 16*h))));
+        v[h] = x;
+    }
+    const __m256i mff = _mm256_set1_epi16(0xFF);
+    // packs work per 128-bit half: reorder the 64-bit pieces back to code order
+    *lo = _mm256_permute4x64_epi64(_mm256_packus_epi16(_mm256_and_si256(v[0], mff), _mm256_and_si256(v[1], mff)), 0xD8);
+    *hi = _mm256_permute4x64_epi64(_mm256_packs_epi16(_mm256_srai_epi16(v[0], 8), _mm256_srai_epi16(v[1], 8)), 0xD8);
+}
+
+static void tl2_build_lut_avx2(const int8_t * GGML_RESTRICT q, int n, uint8_t * GGML_RESTRICT lut) {
+    const int nch = (int) ggml_tl_chunks(GGML_TYPE_TL2, n);
+    for (int c = 0; c < nch; ++c) {
+        __m256i lo[4], hi[4];
+        for (int j = 0; j < 4; ++j) {
+            const int k = 3*(4*c + j);
+            tl2_group_bytes(k < n ? q[k] : 0, k + 1 < n ? q[k + 1] : 0, k + 2 < n ? q[k + 2] : 0, &lo[j], &hi[j]);
+        }
+        __m256i * t = (__m256i *) &((tl2_table *) lut)[c];
+        for (int xy = 0; xy < 2; ++xy) {  // X: groups 0 and 2, Y: groups 1 and 3
+            const int ja = xy, jb = xy + 2;
+            _mm256_storeu_si256(t + 4*xy + 0, _mm256_permute2x128_si256(lo[ja], lo[jb], 0x20));
+            _mm256_storeu_si256(t + 4*xy + 1, _mm256_permute2x128_si256(lo[ja], lo[jb], 0x31));
+            _mm256_storeu_si256(t + 4*xy + 2, _mm256_permute2x128_si256(hi[ja], hi[jb], 0x20));
+            _mm256_storeu_si256(t + 4*xy + 3, _mm256_permute2x128_si256(hi[ja], hi[jb], 0x31));
+        }
+    }
+}
+
+// bytes of the 64-bit mask m set to 0xFF where the lane's bit is set, lanes in X or Y order:
+// X byte k is lane 4 (k % 16) + 2 (k / 16), Y byte k the lane after it
+static inline __m256i tl2_bit4(__m256i m, const int y) {
+    const __m256i selx = _mm256_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7,
+                                          0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    const __m256i bitx = _mm256_setr_epi8(1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16,
+                                          4, 64, 4, 64, 4, 64, 4, 64, 4, 64, 4, 64, 4, 64, 4, 64);
+    const __m256i bit = y ? _mm256_add_epi8(bitx, bitx) : bitx;
+    return _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(m, selx), bit), bit);
+}
+
+// a full chunk's low code bits as X and Y, and the bit-4 masks in the same order
+static inline void tl2_transpose(const uint8_t * GGML_RESTRICT chunk, __m256i * X, __m256i * Y, __m256i * MX, __m256i * MY) {
+    const __m256i m0f = _mm256_set1_epi8(0x0F);
+    // per 16 bytes (4 rows x 4 groups): group-major, then the 4 x 4 dwords across the halves
+    const __m256i gm = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                        0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    // half h: group 2h rows 0-7 (qword 0) and group 2h + 1 rows 0-7 (qword 1); rows 8-15 in the high nibbles
+    const __m256i t  = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *) chunk), gm), perm);
+    const __m256i lo = _mm256_and_si256(t, m0f);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(t, 4), m0f);
+    *X = _mm256_unpacklo_epi64(lo, hi);
+    *Y = _mm256_unpackhi_epi64(lo, hi);
+    int64_t bits;
+    memcpy(&bits, chunk + 32, sizeof(bits));
+    const __m256i m = _mm256_set1_epi64x(bits);
+    *MX = tl2_bit4(m, 0);
+    *MY = tl2_bit4(m, 1);
+}
+
+// low or high table bytes of 32 codes: codes 0-15 from t[0], 16-31 from t[1], chosen by bit 4
+static inline __m256i tl2_lookup(const __m256i * t, __m256i i, __m256i m) {
+    return _mm256_blendv_epi8(_mm256_shuffle_epi8(_mm256_loadu_si256(t), i), _mm256_shuffle_epi8(_mm256_loadu_si256(t + 1), i), m);
+}
+
+// R full tiles (tile_b apart) x 1 column; s points at row 0. The second tile reads the chunk's
+// tables from L1; the next R tiles are prefetched.
+BITNET_INLINE void tl2_tiles_avx2(int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut,
+                                  float d, float wscale, float * GGML_RESTRICT s, const int R) {
+    __m256i acc_lo[2], acc_hi[2];  // int32 rows 0-7, 8-15
+    for (int r = 0; r < R; ++r) {
+        acc_lo[r] = _mm256_setzero_si256();
+        acc_hi[r] = _mm256_setzero_si256();
+    }
+    for (int c0 = 0; c0 < nch; c0 += TL2_FLUSH) {
+        const int c1 = c0 + TL2_FLUSH < nch ? c0 + TL2_FLUSH : nch;
+        __m256i s_lo[2], s_hi[2];  // int16
+        for (int r = 0; r < R; ++r) {
+            s_lo[r] = _mm256_setzero_si256();
+            s_hi[r] = _mm256_setzero_si256();
+        }
+        for (int ch = c0; ch < c1; ++ch) {
+            for (int o = 0; o < R*(int) sizeof(block_tl2); o += 64) {  // the next R tiles follow these
+                _mm_prefetch((const char *) x + R*tile_b + ch*R*sizeof(block_tl2) + o, _MM_HINT_T0);
+            }
+            const __m256i * t = (const __m256i *) &((const tl2_table *) lut)[ch];
+            for (int r = 0; r < R; ++r) {
+                __m256i X, Y, MX, MY;
+                tl2_transpose(x + r*tile_b + ch*sizeof(block_tl2), &X, &Y, &MX, &MY);
+                const __m256i xl = tl2_lookup(t + 0, X, MX), xh = tl2_lookup(t + 2, X, MX);
+                const __m256i yl = tl2_lookup(t + 4, Y, MY), yh = tl2_lookup(t + 6, Y, MY);
+                // exact int16 values: rows 0-7 from the low 8 bytes of each half, rows 8-15 from the high
+                s_lo[r] = _mm256_add_epi16(s_lo[r], _mm256_add_epi16(_mm256_unpacklo_epi8(xl, xh), _mm256_unpacklo_epi8(yl, yh)));
+                s_hi[r] = _mm256_add_epi16(s_hi[r], _mm256_add_epi16(_mm256_unpackhi_epi8(xl, xh), _mm256_unpackhi_epi8(yl, yh)));
+            }
+        }
+        // the two halves hold groups (0+1) and (2+3) of the same rows
+        for (int r = 0; r < R; ++r) {
+            acc_lo[r] = _mm256_add_epi32(acc_lo[r], _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(s_lo[r])),
+                                                                     _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s_lo[r], 1))));
+            acc_hi[r] = _mm256_add_epi32(acc_hi[r], _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(s_hi[r])),
+                                                                     _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s_hi[r], 1))));
+        }
+    }
+    const __m256 ws = _mm256_set1_ps(wscale);
+    const __m256 vd = _mm256_set1_ps(d);
+    for (int r = 0; r < R; ++r) {
+        float * o = s + r*TL_TILE_ROWS;
+        _mm256_storeu_ps(o,     _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc_lo[r]), vd), ws));
+        _mm256_storeu_ps(o + 8, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc_hi[r]), vd), ws));
+    }
+}
+
+#define TL2_AVX2_KERNEL(R)                                                                                                 \
+    static void tl2_avx2_tiles_##R##x1(int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut, \
+                                       size_t lut_b, const float * d, float wscale, float * GGML_RESTRICT s, size_t bs) {  \
+        (void) lut_b; (void) bs;                                                                                           \
+        tl2_tiles_avx2(nch, x, tile_b, lut, d[0], wscale, s, R);                                                           \
+    }
+TL2_AVX2_KERNEL(2) TL2_AVX2_KERNEL(1)
+
+// two tiles per step (the second reads the chunk's tables from L1), the next two prefetched
+static const struct bitnet_tl_rung tl2_avx2_gen[] = {
+    { 2, 1, { NULL, tl2_avx2_tiles_2x1 } },
+    { 1, 1, { NULL, tl2_avx2_tiles_1x1 } },
+};
+static const struct bitnet_tl_kernels tl2_kernels = { tl2_build_lut_avx2, 1, tl2_avx2_gen, tl2_avx2_gen, 2, 2 };
+
+#endif
+
+#if (defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)) || defined(__AVX2__)
+
 // ---------------------------------------------------------------- TL1 / TL2, several columns: decoded codes
 //
 // With several activation columns the lookup tables cost as much per column as a dot product of
@@ -199,6 +350,8 @@ static void tl_dec_tables(int tl2, tl_dec_tables_t * tab) {
         }
     }
 }
+
+#if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
 
 // one I8_S row (column c) into the split layout above (cs bytes per chunk), zeros past n
 static void tl_split_acts(int gw, const int8_t * GGML_RESTRICT q, int n, int nch, int8_t * GGML_RESTRICT dst, size_t cs) {
@@ -361,6 +514,245 @@ static void tl_dec_tile16(int tl2, int nch, const uint8_t * GGML_RESTRICT x, con
 #define TL_DEC_16_OR_NULL(TYPE) NULL
 #endif
 
+#else
+
+// AVX2: vpshufb looks up 16 entries per 128-bit half, so a tile is decoded in two halves of 8
+// rows. Lanes 0-31 (rows 0-7) are the low nibbles of a chunk's 32 code bytes, lanes 32-63 (rows
+// 8-15) the high nibbles, both in lane order 4i + j; TL2's codes 16-31 are a second lookup,
+// blended in by bit 4. vpmaddubsw multiplies trit + 1 (u8) by the broadcast activations (s8) and
+// adds lanes 4i + {0, 1} and 4i + {2, 3} in int16: at most 2 * 2 * 128 per trit position, 1536
+// per TL2 chunk, so TL_DEC_RUN chunks sum in int16 before vpmaddwd widens them to a row's int32.
+#define TL_DEC_RUN 16  // 16 * 1536 < 32768
+
+// one I8_S row (column c) into the split layout above (cs bytes per chunk), zeros past n
+static void tl_split_acts(int gw, const int8_t * GGML_RESTRICT q, int n, int nch, int8_t * GGML_RESTRICT dst, size_t cs) {
+    const int cb = 4*gw;  // bytes of a chunk: 4 groups
+    // byte 4p + j of a chunk's slot <- its value gw*j + p
+    const __m128i perm = gw == 3 ? _mm_setr_epi8(0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11, -1, -1, -1, -1)
+                                 : _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, -1, -1, -1, -1, -1, -1, -1, -1);
+    int ch = 0;
+    for (; ch < nch && ch*cb + 16 <= n; ++ch) {  // 16-byte loads inside the row
+        const __m128i v = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *) (q + ch*cb)), perm);
+        int8_t * o = dst + ch*cs;
+        _mm_storel_epi64((__m128i *) o, v);
+        if (gw == 3) {
+            const int32_t w = _mm_extract_epi32(v, 2);
+            memcpy(o + 8, &w, sizeof(w));
+        }
+    }
+    for (; ch < nch; ++ch) {  // the row's last chunks
+        for (int p = 0; p < gw; ++p) {
+            for (int j = 0; j < 4; ++j) {
+                const int k = (ch*4 + j)*gw + p;
+                dst[ch*cs + 4*p + j] = k < n ? q[k] : 0;
+            }
+        }
+    }
+}
+
+// rows 8h .. 8h + 7 of one full tile x C columns: a points at the first column's bytes of chunk 0
+BITNET_INLINE void tl_dec_half(int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a,
+                               size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, size_t bs,
+                               const int tl2, const int C, const int h) {
+    const int     gw      = tl2 ? 3 : 2;
+    const int     chunk_b = tl2 ? sizeof(block_tl2) : sizeof(block_tl1);
+    const __m256i m0f     = _mm256_set1_epi8(0x0F);
+    const __m256i ones    = _mm256_set1_epi16(1);
+    // lane L's bit 4 is bit L % 8 of the half's byte L / 8 (bytes 32 + 4h ..)
+    const __m256i sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                         2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long) 0x8040201008040201ULL);
+    __m256i acc[8];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+        acc[c] = _mm256_setzero_si256();
+    }
+    for (int ch0 = 0; ch0 < nch; ch0 += TL_DEC_RUN) {
+        const int ch1 = nch - ch0 < TL_DEC_RUN ? nch : ch0 + TL_DEC_RUN;
+        __m256i a16[8];
+#pragma GCC unroll 8
+        for (int c = 0; c < C; ++c) {
+            a16[c] = _mm256_setzero_si256();
+        }
+        for (int ch = ch0; ch < ch1; ++ch) {
+            const uint8_t * chunk = x + ch*chunk_b;
+            _mm_prefetch((const char *) chunk + 16*chunk_b, _MM_HINT_T0);
+            __m256i nib = _mm256_loadu_si256((const __m256i *) chunk);
+            nib = _mm256_and_si256(h ? _mm256_srli_epi16(nib, 4) : nib, m0f);
+            __m256i w[3];
+            if (tl2) {
+                int32_t b4;
+                memcpy(&b4, chunk + 32 + 4*h, sizeof(b4));
+                const __m256i m = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(b4), sel), bit), bit);
+#pragma GCC unroll 3
+                for (int p = 0; p < 3; ++p) {
+                    w[p] = _mm256_blendv_epi8(_mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tab->t[p])), nib),
+                                              _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) (tab->t[p] + 16))), nib), m);
+                }
+            } else {
+#pragma GCC unroll 2
+                for (int p = 0; p < 2; ++p) {
+                    w[p] = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tab->t[p])), nib);
+                }
+            }
+            const int8_t * ac = a + (size_t) ch*cs;
+#pragma GCC unroll 8
+            for (int c = 0; c < C; ++c) {
+                int32_t a0, a1, a2;
+                memcpy(&a0, ac + c*4*gw, sizeof(a0));
+                memcpy(&a1, ac + c*4*gw + 4, sizeof(a1));
+                __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(w[0], _mm256_set1_epi32(a0)), _mm256_maddubs_epi16(w[1], _mm256_set1_epi32(a1)));
+                if (tl2) {
+                    memcpy(&a2, ac + c*4*gw + 8, sizeof(a2));
+                    t = _mm256_add_epi16(t, _mm256_maddubs_epi16(w[2], _mm256_set1_epi32(a2)));
+                }
+                a16[c] = _mm256_add_epi16(a16[c], t);
+            }
+        }
+#pragma GCC unroll 8
+        for (int c = 0; c < C; ++c) {
+            acc[c] = _mm256_add_epi32(acc[c], _mm256_madd_epi16(a16[c], ones));
+        }
+    }
+    const __m256 ws = _mm256_set1_ps(wscale);
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {  // (acc - sum(q)) * d * wscale, as the reference rounds it
+        const __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[c], _mm256_set1_epi32(sum[c])));
+        _mm256_storeu_ps(s + c*bs + 8*h, _mm256_mul_ps(_mm256_mul_ps(v, _mm256_set1_ps(d[c])), ws));
+    }
+}
+
+#if defined(__GNUC__)
+// 8 and 4 columns in inline asm: GCC keeps the broadcast activations on the stack and spills
+// the int16 sums. ymm0-7 the columns' int16 sums, 8-10 the decoded trits, 11 the nibbles, 12 the
+// bit-4 mask, 13-15 products; a run of chunks per asm statement, then its sums are widened into acc.
+static const uint8_t tla_sel[32] = { 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3 };
+static const uint8_t tla_bit[32] = { 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128,
+                                     1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128 };
+#define TLA_8(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
+#define TLA_4(M) M(0) M(1) M(2) M(3)
+#define TLA_ZERO(C) "vpxor      %%ymm" #C ", %%ymm" #C ", %%ymm" #C "\n\t"
+#define TLA_FLUSH(C)                                                                                                       \
+    "vpmaddwd   %[ones], %%ymm" #C ", %%ymm" #C "\n\t"                                                                     \
+    "vpaddd     " #C "*32(%[acc]), %%ymm" #C ", %%ymm" #C "\n\t"                                                           \
+    "vmovdqu    %%ymm" #C ", " #C "*32(%[acc])\n\t"
+// nibbles of this half (shifted by 0 or 4) into ymm11
+#define TLA_NIB                                                                                                            \
+    "vmovdqu    (%[x]), %%ymm11\n\t"                                                                                      \
+    "vpsrlw     %[shc], %%ymm11, %%ymm11\n\t"                                                                             \
+    "vpand      %[m0f], %%ymm11, %%ymm11\n\t"
+// trit position at table offset O into ymmW: codes 0-15 and 16-31 looked up, blended by bit 4 (ymm12)
+#define TLA_TRIT3(O, W)                                                                                                    \
+    "vbroadcasti128 " #O "(%[tab]), %%ymm13\n\t"                                                                           \
+    "vbroadcasti128 " #O "+16(%[tab]), %%ymm14\n\t"                                                                        \
+    "vpshufb    %%ymm11, %%ymm13, %%ymm13\n\t"                                                                            \
+    "vpshufb    %%ymm11, %%ymm14, %%ymm14\n\t"                                                                            \
+    "vpblendvb  %%ymm12, %%ymm14, %%ymm13, %%ymm" #W "\n\t"
+#define TLA_DEC3                                                                                                           \
+    TLA_NIB                                                                                                                \
+    "vpbroadcastd 32(%[x],%[h4]), %%ymm12\n\t"                                                                            \
+    "vpshufb    %[sel], %%ymm12, %%ymm12\n\t"                                                                             \
+    "vpand      %[bit], %%ymm12, %%ymm12\n\t"                                                                             \
+    "vpcmpeqb   %[bit], %%ymm12, %%ymm12\n\t"                                                                             \
+    TLA_TRIT3(0, 8) TLA_TRIT3(64, 9) TLA_TRIT3(128, 10)
+#define TLA_DEC2                                                                                                           \
+    TLA_NIB                                                                                                                \
+    "vbroadcasti128 (%[tab]), %%ymm8\n\t"                                                                                 \
+    "vpshufb    %%ymm11, %%ymm8, %%ymm8\n\t"                                                                              \
+    "vbroadcasti128 64(%[tab]), %%ymm9\n\t"                                                                               \
+    "vpshufb    %%ymm11, %%ymm9, %%ymm9\n\t"
+// column C: its 4 activations of each trit position, broadcast, times the trits, into ymmC
+#define TLA_COL3(C)                                                                                                        \
+    "vpbroadcastd " #C "*12(%[a]), %%ymm13\n\t"                                                                            \
+    "vpmaddubsw %%ymm13, %%ymm8, %%ymm13\n\t"                                                                             \
+    "vpbroadcastd " #C "*12+4(%[a]), %%ymm14\n\t"                                                                          \
+    "vpmaddubsw %%ymm14, %%ymm9, %%ymm14\n\t"                                                                             \
+    "vpbroadcastd " #C "*12+8(%[a]), %%ymm15\n\t"                                                                          \
+    "vpmaddubsw %%ymm15, %%ymm10, %%ymm15\n\t"                                                                            \
+    "vpaddw     %%ymm14, %%ymm13, %%ymm13\n\t"                                                                            \
+    "vpaddw     %%ymm15, %%ymm" #C ", %%ymm" #C "\n\t"                                                                    \
+    "vpaddw     %%ymm13, %%ymm" #C ", %%ymm" #C "\n\t"
+#define TLA_COL2(C)                                                                                                        \
+    "vpbroadcastd " #C "*8(%[a]), %%ymm13\n\t"                                                                             \
+    "vpmaddubsw %%ymm13, %%ymm8, %%ymm13\n\t"                                                                             \
+    "vpbroadcastd " #C "*8+4(%[a]), %%ymm14\n\t"                                                                           \
+    "vpmaddubsw %%ymm14, %%ymm9, %%ymm14\n\t"                                                                             \
+    "vpaddw     %%ymm14, %%ymm13, %%ymm13\n\t"                                                                            \
+    "vpaddw     %%ymm13, %%ymm" #C ", %%ymm" #C "\n\t"
+#define TLA_RUN(LIST, DEC, COL, XB)                                                                                        \
+    __asm__ volatile(                                                                                                      \
+        LIST(TLA_ZERO)                                                                                                     \
+        ".p2align 6\n\t"                                                                                                   \
+        "1:\n\t"                                                                                                           \
+        "prefetcht0 16*" #XB "(%[x])\n\t"                                                                                 \
+        DEC                                                                                                                \
+        LIST(COL)                                                                                                          \
+        "add        $" #XB ", %[x]\n\t"                                                                                   \
+        "add        %[cs], %[a]\n\t"                                                                                      \
+        "dec        %[cnt]\n\t"                                                                                           \
+        "jnz        1b\n\t"                                                                                               \
+        LIST(TLA_FLUSH)                                                                                                    \
+        : [x] "+r" (xr), [a] "+r" (ar), [cnt] "+r" (cnt)                                                                   \
+        : [cs] "r" (cs), [tab] "r" (tab->t), [h4] "r" (h4), [acc] "r" (acc), [shc] "m" (shc), [m0f] "m" (m0f),             \
+          [sel] "m" (*(const __m256i *) tla_sel), [bit] "m" (*(const __m256i *) tla_bit), [ones] "m" (ones)               \
+        : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",        \
+          "xmm11", "xmm12", "xmm13", "xmm14", "xmm15")
+
+// rows 8h .. 8h + 7 of one full tile x C (8 or 4) columns, as tl_dec_half
+static void tl_dec_half_asm(int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a,
+                            size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, size_t bs,
+                            const int tl2, const int C, const int h) {
+    const size_t  chunk_b = tl2 ? sizeof(block_tl2) : sizeof(block_tl1);
+    const __m128i shc     = _mm_cvtsi32_si128(4*h);
+    const __m256i m0f     = _mm256_set1_epi8(0x0F);
+    const __m256i ones    = _mm256_set1_epi16(1);
+    const size_t  h4      = 4*h;
+    __m256i acc[8];
+    for (int c = 0; c < C; ++c) {
+        acc[c] = _mm256_setzero_si256();
+    }
+    static_assert(sizeof(block_tl2) == 40 && sizeof(block_tl1) == 32, "the asm steps by one chunk of codes");
+    for (int ch0 = 0; ch0 < nch; ch0 += TL_DEC_RUN) {
+        const uint8_t * xr  = x + ch0*chunk_b;
+        const int8_t  * ar  = a + ch0*cs;
+        size_t          cnt = (size_t) (nch - ch0 < TL_DEC_RUN ? nch - ch0 : TL_DEC_RUN);
+        if (tl2 && C == 8) {
+            TLA_RUN(TLA_8, TLA_DEC3, TLA_COL3, 40);
+        } else if (tl2) {
+            TLA_RUN(TLA_4, TLA_DEC3, TLA_COL3, 40);
+        } else if (C == 8) {
+            TLA_RUN(TLA_8, TLA_DEC2, TLA_COL2, 32);
+        } else {
+            TLA_RUN(TLA_4, TLA_DEC2, TLA_COL2, 32);
+        }
+    }
+    const __m256 ws = _mm256_set1_ps(wscale);
+    for (int c = 0; c < C; ++c) {  // (acc - sum(q)) * d * wscale, as the reference rounds it
+        const __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[c], _mm256_set1_epi32(sum[c])));
+        _mm256_storeu_ps(s + c*bs + 8*h, _mm256_mul_ps(_mm256_mul_ps(v, _mm256_set1_ps(d[c])), ws));
+    }
+}
+#endif
+
+// one full tile (16 rows) x C columns, as two halves
+BITNET_INLINE void tl_dec_tile(int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a,
+                               size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, size_t bs,
+                               const int tl2, const int C) {
+#if defined(__GNUC__)
+    if (C == 8 || C == 4) {
+        tl_dec_half_asm(nch, x, tab, a, cs, d, sum, wscale, s, bs, tl2, C, 0);
+        tl_dec_half_asm(nch, x, tab, a, cs, d, sum, wscale, s, bs, tl2, C, 1);
+        return;
+    }
+#endif
+    tl_dec_half(nch, x, tab, a, cs, d, sum, wscale, s, bs, tl2, C, 0);
+    tl_dec_half(nch, x, tab, a, cs, d, sum, wscale, s, bs, tl2, C, 1);
+}
+#define TL_DEC_16(TYPE, TL2)
+#define TL_DEC_16_OR_NULL(TYPE) NULL
+
+#endif
+
 typedef void (*tl_dec_tile_fn)(int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a,
                                size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, size_t bs);
 #define TL_DEC_KERNEL(TYPE, TL2, C)                                                                                        \
@@ -425,177 +817,6 @@ static void tl_gemm_decoded(enum ggml_type type, int n, float * GGML_RESTRICT s,
     }
 }
 
-#elif defined(__AVX2__)
-
-// AVX2 (no byte permutes across 64 entries): a chunk's 64 lanes are transposed once into two
-// vectors whose 128-bit halves each hold one group's 16 rows -- X = (group 0 | group 2),
-// Y = (group 1 | group 3) -- so that pshufb's per-half 16-entry tables fit. The 32 nibble bytes
-// are transposed before the nibbles are split (byte b holds rows b/4 and 8 + b/4 of the same
-// group), and bit 4 is expanded straight into X/Y order; codes 0-15 and 16-31 are two lookups
-// blended by bit 4. Low and high table bytes are interleaved into exact int16 values and summed
-// in int16 for up to 32 chunks (|2 x 384| per chunk), then widened. Each transposed chunk serves
-// C activation columns. This path keeps its own table order (per chunk, 8 vectors: X's low bytes
-// for codes 0-15 and 16-31, X's high bytes, then Y's).
-
-#define TL2_FLUSH   32  // chunks summed in int16 before widening
-#define TL2_AVX2_C  4   // activation columns per pass over a tile
-
-// one group's 32 table values as (low bytes, high bytes), each ordered codes 0-15 | codes 16-31
-static inline void tl2_group_bytes(int16_t a0, int16_t a1, int16_t a2, __m256i * lo, __m256i * hi) {
-    __m256i v[2];
-    for (int h = 0; h < 2; ++h) {
-        __m256i x = _mm256_mullo_epi16(_mm256_set1_epi16(a0), _mm256_loadu_si256((const __m256i *) (bitnet_tl2_trits[0] + 16*h)));
-        x = _mm256_add_epi16(x, _mm256_mullo_epi16(_mm256_set1_epi16(a1), _mm256_loadu_si256((const __m256i *) (bitnet_tl2_trits[1] + 16*h))));
-        x = _mm256_add_epi16(x, _mm256_mullo_epi16(_mm256_set1_epi16(a2), _mm256_loadu_si256((const __m256i *) (bitnet_tl2_trits[2] + 16*h))));
-        v[h] = x;
-    }
-    const __m256i mff = _mm256_set1_epi16(0xFF);
-    // packs work per 128-bit half: reorder the 64-bit pieces back to code order
-    *lo = _mm256_permute4x64_epi64(_mm256_packus_epi16(_mm256_and_si256(v[0], mff), _mm256_and_si256(v[1], mff)), 0xD8);
-    *hi = _mm256_permute4x64_epi64(_mm256_packs_epi16(_mm256_srai_epi16(v[0], 8), _mm256_srai_epi16(v[1], 8)), 0xD8);
-}
-
-static void tl2_build_lut_avx2(const int8_t * GGML_RESTRICT q, int n, uint8_t * GGML_RESTRICT lut) {
-    const int nch = (int) ggml_tl_chunks(GGML_TYPE_TL2, n);
-    for (int c = 0; c < nch; ++c) {
-        __m256i lo[4], hi[4];
-        for (int j = 0; j < 4; ++j) {
-            const int k = 3*(4*c + j);
-            tl2_group_bytes(k < n ? q[k] : 0, k + 1 < n ? q[k + 1] : 0, k + 2 < n ? q[k + 2] : 0, &lo[j], &hi[j]);
-        }
-        __m256i * t = (__m256i *) &((tl2_table *) lut)[c];
-        for (int xy = 0; xy < 2; ++xy) {  // X: groups 0 and 2, Y: groups 1 and 3
-            const int ja = xy, jb = xy + 2;
-            _mm256_storeu_si256(t + 4*xy + 0, _mm256_permute2x128_si256(lo[ja], lo[jb], 0x20));
-            _mm256_storeu_si256(t + 4*xy + 1, _mm256_permute2x128_si256(lo[ja], lo[jb], 0x31));
-            _mm256_storeu_si256(t + 4*xy + 2, _mm256_permute2x128_si256(hi[ja], hi[jb], 0x20));
-            _mm256_storeu_si256(t + 4*xy + 3, _mm256_permute2x128_si256(hi[ja], hi[jb], 0x31));
-        }
-    }
-}
-
-// bytes of the 64-bit mask m set to 0xFF where the lane's bit is set, lanes in X or Y order:
-// X byte k is lane 4 (k % 16) + 2 (k / 16), Y byte k the lane after it
-static inline __m256i tl2_bit4(__m256i m, const int y) {
-    const __m256i selx = _mm256_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7,
-                                          0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    const __m256i bitx = _mm256_setr_epi8(1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16,
-                                          4, 64, 4, 64, 4, 64, 4, 64, 4, 64, 4, 64, 4, 64, 4, 64);
-    const __m256i bit = y ? _mm256_add_epi8(bitx, bitx) : bitx;
-    return _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(m, selx), bit), bit);
-}
-
-// a full chunk's low code bits as X and Y, and the bit-4 masks in the same order
-static inline void tl2_transpose(const uint8_t * GGML_RESTRICT chunk, __m256i * X, __m256i * Y, __m256i * MX, __m256i * MY) {
-    const __m256i m0f = _mm256_set1_epi8(0x0F);
-    // per 16 bytes (4 rows x 4 groups): group-major, then the 4 x 4 dwords across the halves
-    const __m256i gm = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
-                                        0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    // half h: group 2h rows 0-7 (qword 0) and group 2h + 1 rows 0-7 (qword 1); rows 8-15 in the high nibbles
-    const __m256i t  = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *) chunk), gm), perm);
-    const __m256i lo = _mm256_and_si256(t, m0f);
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(t, 4), m0f);
-    *X = _mm256_unpacklo_epi64(lo, hi);
-    *Y = _mm256_unpackhi_epi64(lo, hi);
-    int64_t bits;
-    memcpy(&bits, chunk + 32, sizeof(bits));
-    const __m256i m = _mm256_set1_epi64x(bits);
-    *MX = tl2_bit4(m, 0);
-    *MY = tl2_bit4(m, 1);
-}
-
-// low or high table bytes of 32 codes: codes 0-15 from t[0], 16-31 from t[1], chosen by bit 4
-static inline __m256i tl2_lookup(const __m256i * t, __m256i i, __m256i m) {
-    return _mm256_blendv_epi8(_mm256_shuffle_epi8(_mm256_loadu_si256(t), i), _mm256_shuffle_epi8(_mm256_loadu_si256(t + 1), i), m);
-}
-
-// R full tiles (tile_b apart) x C columns (LUTs lut_b apart); s points at row 0 of column 0.
-// R > 1 for token generation: the second tile reads the chunk's tables from L1. With one
-// column the next R tiles are prefetched.
-BITNET_INLINE void tl2_tiles_avx2(int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut,
-                                  size_t lut_b, const float * d, float wscale, float * GGML_RESTRICT s, size_t bs,
-                                  const int R, const int C) {
-    __m256i acc_lo[2][TL2_AVX2_C], acc_hi[2][TL2_AVX2_C];  // int32 rows 0-7, 8-15
-    for (int r = 0; r < R; ++r) {
-        for (int c = 0; c < C; ++c) {
-            acc_lo[r][c] = _mm256_setzero_si256();
-            acc_hi[r][c] = _mm256_setzero_si256();
-        }
-    }
-    for (int c0 = 0; c0 < nch; c0 += TL2_FLUSH) {
-        const int c1 = c0 + TL2_FLUSH < nch ? c0 + TL2_FLUSH : nch;
-        __m256i s_lo[2][TL2_AVX2_C], s_hi[2][TL2_AVX2_C];  // int16
-        for (int r = 0; r < R; ++r) {
-            for (int c = 0; c < C; ++c) {
-                s_lo[r][c] = _mm256_setzero_si256();
-                s_hi[r][c] = _mm256_setzero_si256();
-            }
-        }
-        for (int ch = c0; ch < c1; ++ch) {
-            if (C == 1) {  // the next R tiles follow these: fetch them ahead of use
-                for (int o = 0; o < R*(int) sizeof(block_tl2); o += 64) {
-                    _mm_prefetch((const char *) x + R*tile_b + ch*R*sizeof(block_tl2) + o, _MM_HINT_T0);
-                }
-            }
-            __m256i X[2], Y[2], MX[2], MY[2];
-            for (int r = 0; r < R; ++r) {
-                tl2_transpose(x + r*tile_b + ch*sizeof(block_tl2), &X[r], &Y[r], &MX[r], &MY[r]);
-            }
-            for (int c = 0; c < C; ++c) {
-                const __m256i * t = (const __m256i *) &((const tl2_table *) (lut + c*lut_b))[ch];
-                for (int r = 0; r < R; ++r) {
-                    const __m256i xl = tl2_lookup(t + 0, X[r], MX[r]), xh = tl2_lookup(t + 2, X[r], MX[r]);
-                    const __m256i yl = tl2_lookup(t + 4, Y[r], MY[r]), yh = tl2_lookup(t + 6, Y[r], MY[r]);
-                    // exact int16 values: rows 0-7 from the low 8 bytes of each half, rows 8-15 from the high
-                    s_lo[r][c] = _mm256_add_epi16(s_lo[r][c], _mm256_add_epi16(_mm256_unpacklo_epi8(xl, xh), _mm256_unpacklo_epi8(yl, yh)));
-                    s_hi[r][c] = _mm256_add_epi16(s_hi[r][c], _mm256_add_epi16(_mm256_unpackhi_epi8(xl, xh), _mm256_unpackhi_epi8(yl, yh)));
-                }
-            }
-        }
-        // the two halves hold groups (0+1) and (2+3) of the same rows
-        for (int r = 0; r < R; ++r) {
-            for (int c = 0; c < C; ++c) {
-                acc_lo[r][c] = _mm256_add_epi32(acc_lo[r][c], _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(s_lo[r][c])),
-                                                                               _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s_lo[r][c], 1))));
-                acc_hi[r][c] = _mm256_add_epi32(acc_hi[r][c], _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(s_hi[r][c])),
-                                                                               _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s_hi[r][c], 1))));
-            }
-        }
-    }
-    const __m256 ws = _mm256_set1_ps(wscale);
-    for (int r = 0; r < R; ++r) {
-        for (int c = 0; c < C; ++c) {
-            const __m256 vd = _mm256_set1_ps(d[c]);
-            float * o = s + c*bs + r*TL_TILE_ROWS;
-            _mm256_storeu_ps(o,     _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc_lo[r][c]), vd), ws));
-            _mm256_storeu_ps(o + 8, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc_hi[r][c]), vd), ws));
-        }
-    }
-}
-
-static void tl2_avx2_tiles_2x1(int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut,
-                               size_t lut_b, const float * d, float wscale, float * GGML_RESTRICT s, size_t bs) {
-    tl2_tiles_avx2(nch, x, tile_b, lut, lut_b, d, wscale, s, bs, 2, 1);
-}
-#define TL2_AVX2_KERNEL(C)                                                                                                 \
-    static void tl2_avx2_tiles_1x##C(int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut, \
-                                     size_t lut_b, const float * d, float wscale, float * GGML_RESTRICT s, size_t bs) {    \
-        tl2_tiles_avx2(nch, x, tile_b, lut, lut_b, d, wscale, s, bs, 1, C);                                                \
-    }
-TL2_AVX2_KERNEL(1) TL2_AVX2_KERNEL(2) TL2_AVX2_KERNEL(3) TL2_AVX2_KERNEL(4)
-
-// token generation: two tiles per step (the second reads the chunk's tables from L1), the next
-// two prefetched; prompts: one tile x up to TL2_AVX2_C columns
-static const struct bitnet_tl_rung tl2_avx2_gen[] = {
-    { 2, 1, { NULL, tl2_avx2_tiles_2x1 } },
-    { 1, 1, { NULL, tl2_avx2_tiles_1x1 } },
-};
-static const struct bitnet_tl_rung tl2_avx2_batch[] = {
-    { 1, 1, { NULL, tl2_avx2_tiles_1x1, tl2_avx2_tiles_1x2, tl2_avx2_tiles_1x3, tl2_avx2_tiles_1x4 } },
-};
-static const struct bitnet_tl_kernels tl2_kernels = { tl2_build_lut_avx2, 1, tl2_avx2_gen, tl2_avx2_batch, 2, 1 };
-
 #endif
 
 void ggml_gemm_tl_i8_s(enum ggml_type type, int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, int nr,
@@ -606,8 +827,8 @@ void ggml_gemm_tl_i8_s(enum ggml_type type, int n, float * GGML_RESTRICT s, size
 #elif defined(__AVX2__)
     k = type == GGML_TYPE_TL2 ? &tl2_kernels : NULL;
 #endif
-#if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
-    if (nc >= 2) {
+#if (defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)) || defined(__AVX2__)
+    if (nc >= 2 || k == NULL) {
         tl_gemm_decoded(type, n, s, bs, (const uint8_t *) vx, nr, (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
         return;
     }
