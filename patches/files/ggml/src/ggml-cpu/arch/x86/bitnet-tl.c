@@ -319,7 +319,7 @@ static const struct bitnet_tl_kernels tl2_kernels = { tl2_build_lut_avx2, 1, tl2
 
 #endif
 
-#if (defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)) || defined(__AVX2__)
+#if (defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)) || (defined(__AVX2__) && defined(__GNUC__))
 
 // ---------------------------------------------------------------- TL1 / TL2, several columns: decoded codes
 //
@@ -550,87 +550,16 @@ static void tl_split_acts(int gw, const int8_t * GGML_RESTRICT q, int n, int nch
     }
 }
 
-// rows 8h .. 8h + 7 of one full tile x C columns: a points at the first column's bytes of chunk 0
-BITNET_INLINE void tl_dec_half(int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a,
-                               size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, size_t bs,
-                               const int tl2, const int C, const int h) {
-    const int     gw      = tl2 ? 3 : 2;
-    const int     chunk_b = tl2 ? sizeof(block_tl2) : sizeof(block_tl1);
-    const __m256i m0f     = _mm256_set1_epi8(0x0F);
-    const __m256i ones    = _mm256_set1_epi16(1);
-    // lane L's bit 4 is bit L % 8 of the half's byte L / 8 (bytes 32 + 4h ..)
-    const __m256i sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                         2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-    const __m256i bit = _mm256_set1_epi64x((long long) 0x8040201008040201ULL);
-    __m256i acc[8];
-#pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) {
-        acc[c] = _mm256_setzero_si256();
-    }
-    for (int ch0 = 0; ch0 < nch; ch0 += TL_DEC_RUN) {
-        const int ch1 = nch - ch0 < TL_DEC_RUN ? nch : ch0 + TL_DEC_RUN;
-        __m256i a16[8];
-#pragma GCC unroll 8
-        for (int c = 0; c < C; ++c) {
-            a16[c] = _mm256_setzero_si256();
-        }
-        for (int ch = ch0; ch < ch1; ++ch) {
-            const uint8_t * chunk = x + ch*chunk_b;
-            _mm_prefetch((const char *) chunk + 16*chunk_b, _MM_HINT_T0);
-            __m256i nib = _mm256_loadu_si256((const __m256i *) chunk);
-            nib = _mm256_and_si256(h ? _mm256_srli_epi16(nib, 4) : nib, m0f);
-            __m256i w[3];
-            if (tl2) {
-                int32_t b4;
-                memcpy(&b4, chunk + 32 + 4*h, sizeof(b4));
-                const __m256i m = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(b4), sel), bit), bit);
-#pragma GCC unroll 3
-                for (int p = 0; p < 3; ++p) {
-                    w[p] = _mm256_blendv_epi8(_mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tab->t[p])), nib),
-                                              _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) (tab->t[p] + 16))), nib), m);
-                }
-            } else {
-#pragma GCC unroll 2
-                for (int p = 0; p < 2; ++p) {
-                    w[p] = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tab->t[p])), nib);
-                }
-            }
-            const int8_t * ac = a + (size_t) ch*cs;
-#pragma GCC unroll 8
-            for (int c = 0; c < C; ++c) {
-                int32_t a0, a1, a2;
-                memcpy(&a0, ac + c*4*gw, sizeof(a0));
-                memcpy(&a1, ac + c*4*gw + 4, sizeof(a1));
-                __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(w[0], _mm256_set1_epi32(a0)), _mm256_maddubs_epi16(w[1], _mm256_set1_epi32(a1)));
-                if (tl2) {
-                    memcpy(&a2, ac + c*4*gw + 8, sizeof(a2));
-                    t = _mm256_add_epi16(t, _mm256_maddubs_epi16(w[2], _mm256_set1_epi32(a2)));
-                }
-                a16[c] = _mm256_add_epi16(a16[c], t);
-            }
-        }
-#pragma GCC unroll 8
-        for (int c = 0; c < C; ++c) {
-            acc[c] = _mm256_add_epi32(acc[c], _mm256_madd_epi16(a16[c], ones));
-        }
-    }
-    const __m256 ws = _mm256_set1_ps(wscale);
-#pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) {  // (acc - sum(q)) * d * wscale, as the reference rounds it
-        const __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[c], _mm256_set1_epi32(sum[c])));
-        _mm256_storeu_ps(s + c*bs + 8*h, _mm256_mul_ps(_mm256_mul_ps(v, _mm256_set1_ps(d[c])), ws));
-    }
-}
-
-#if defined(__GNUC__)
-// 8 and 4 columns in inline asm: GCC keeps the broadcast activations on the stack and spills
-// the int16 sums. ymm0-7 the columns' int16 sums, 8-10 the decoded trits, 11 the nibbles, 12 the
+// Inline asm (GCC kept the broadcast activations on the stack and spilled the int16 sums, 10 to
+// 40 % slower). ymm0-7 the columns' int16 sums, 8-10 the decoded trits, 11 the nibbles, 12 the
 // bit-4 mask, 13-15 products; a run of chunks per asm statement, then its sums are widened into acc.
 static const uint8_t tla_sel[32] = { 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3 };
 static const uint8_t tla_bit[32] = { 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128,
                                      1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128 };
 #define TLA_8(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
 #define TLA_4(M) M(0) M(1) M(2) M(3)
+#define TLA_2(M) M(0) M(1)
+#define TLA_1(M) M(0)
 #define TLA_ZERO(C) "vpxor      %%ymm" #C ", %%ymm" #C ", %%ymm" #C "\n\t"
 #define TLA_FLUSH(C)                                                                                                       \
     "vpmaddwd   %[ones], %%ymm" #C ", %%ymm" #C "\n\t"                                                                     \
@@ -684,7 +613,7 @@ static const uint8_t tla_bit[32] = { 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16
         LIST(TLA_ZERO)                                                                                                     \
         ".p2align 6\n\t"                                                                                                   \
         "1:\n\t"                                                                                                           \
-        "prefetcht0 16*" #XB "(%[x])\n\t"                                                                                 \
+        "prefetcht0 (%[x],%[pfd])\n\t"                                                                                  \
         DEC                                                                                                                \
         LIST(COL)                                                                                                          \
         "add        $" #XB ", %[x]\n\t"                                                                                   \
@@ -693,12 +622,12 @@ static const uint8_t tla_bit[32] = { 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16
         "jnz        1b\n\t"                                                                                               \
         LIST(TLA_FLUSH)                                                                                                    \
         : [x] "+r" (xr), [a] "+r" (ar), [cnt] "+r" (cnt)                                                                   \
-        : [cs] "r" (cs), [tab] "r" (tab->t), [h4] "r" (h4), [acc] "r" (acc), [shc] "m" (shc), [m0f] "m" (m0f),             \
-          [sel] "m" (*(const __m256i *) tla_sel), [bit] "m" (*(const __m256i *) tla_bit), [ones] "m" (ones)               \
+        : [cs] "r" (cs), [tab] "r" (tab->t), [h4] "r" (h4), [pfd] "r" (pfd), [acc] "r" (acc), [shc] "m" (shc),              \
+          [m0f] "m" (m0f), [sel] "m" (*(const __m256i *) tla_sel), [bit] "m" (*(const __m256i *) tla_bit), [ones] "m" (ones) \
         : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",        \
           "xmm11", "xmm12", "xmm13", "xmm14", "xmm15")
 
-// rows 8h .. 8h + 7 of one full tile x C (8 or 4) columns, as tl_dec_half
+// rows 8h .. 8h + 7 of one full tile x C (8, 4, 2 or 1) columns: a points at the first column's bytes of chunk 0
 static void tl_dec_half_asm(int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a,
                             size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, size_t bs,
                             const int tl2, const int C, const int h) {
@@ -707,6 +636,7 @@ static void tl_dec_half_asm(int nch, const uint8_t * GGML_RESTRICT x, const tl_d
     const __m256i m0f     = _mm256_set1_epi8(0x0F);
     const __m256i ones    = _mm256_set1_epi16(1);
     const size_t  h4      = 4*h;
+    const size_t  pfd     = (size_t) nch*chunk_b;  // the next tile, which follows this one: token generation streams it from DRAM
     __m256i acc[8];
     for (int c = 0; c < C; ++c) {
         acc[c] = _mm256_setzero_si256();
@@ -716,14 +646,20 @@ static void tl_dec_half_asm(int nch, const uint8_t * GGML_RESTRICT x, const tl_d
         const uint8_t * xr  = x + ch0*chunk_b;
         const int8_t  * ar  = a + ch0*cs;
         size_t          cnt = (size_t) (nch - ch0 < TL_DEC_RUN ? nch - ch0 : TL_DEC_RUN);
-        if (tl2 && C == 8) {
-            TLA_RUN(TLA_8, TLA_DEC3, TLA_COL3, 40);
-        } else if (tl2) {
-            TLA_RUN(TLA_4, TLA_DEC3, TLA_COL3, 40);
-        } else if (C == 8) {
-            TLA_RUN(TLA_8, TLA_DEC2, TLA_COL2, 32);
+        if (tl2) {
+            switch (C) {
+                case 8: TLA_RUN(TLA_8, TLA_DEC3, TLA_COL3, 40); break;
+                case 4: TLA_RUN(TLA_4, TLA_DEC3, TLA_COL3, 40); break;
+                case 2: TLA_RUN(TLA_2, TLA_DEC3, TLA_COL3, 40); break;
+                default: TLA_RUN(TLA_1, TLA_DEC3, TLA_COL3, 40); break;
+            }
         } else {
-            TLA_RUN(TLA_4, TLA_DEC2, TLA_COL2, 32);
+            switch (C) {
+                case 8: TLA_RUN(TLA_8, TLA_DEC2, TLA_COL2, 32); break;
+                case 4: TLA_RUN(TLA_4, TLA_DEC2, TLA_COL2, 32); break;
+                case 2: TLA_RUN(TLA_2, TLA_DEC2, TLA_COL2, 32); break;
+                default: TLA_RUN(TLA_1, TLA_DEC2, TLA_COL2, 32); break;
+            }
         }
     }
     const __m256 ws = _mm256_set1_ps(wscale);
@@ -732,21 +668,13 @@ static void tl_dec_half_asm(int nch, const uint8_t * GGML_RESTRICT x, const tl_d
         _mm256_storeu_ps(s + c*bs + 8*h, _mm256_mul_ps(_mm256_mul_ps(v, _mm256_set1_ps(d[c])), ws));
     }
 }
-#endif
 
 // one full tile (16 rows) x C columns, as two halves
 BITNET_INLINE void tl_dec_tile(int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a,
                                size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, size_t bs,
                                const int tl2, const int C) {
-#if defined(__GNUC__)
-    if (C == 8 || C == 4) {
-        tl_dec_half_asm(nch, x, tab, a, cs, d, sum, wscale, s, bs, tl2, C, 0);
-        tl_dec_half_asm(nch, x, tab, a, cs, d, sum, wscale, s, bs, tl2, C, 1);
-        return;
-    }
-#endif
-    tl_dec_half(nch, x, tab, a, cs, d, sum, wscale, s, bs, tl2, C, 0);
-    tl_dec_half(nch, x, tab, a, cs, d, sum, wscale, s, bs, tl2, C, 1);
+    tl_dec_half_asm(nch, x, tab, a, cs, d, sum, wscale, s, bs, tl2, C, 0);
+    tl_dec_half_asm(nch, x, tab, a, cs, d, sum, wscale, s, bs, tl2, C, 1);
 }
 #define TL_DEC_16(TYPE, TL2)
 #define TL_DEC_16_OR_NULL(TYPE) NULL
@@ -827,7 +755,7 @@ void ggml_gemm_tl_i8_s(enum ggml_type type, int n, float * GGML_RESTRICT s, size
 #elif defined(__AVX2__)
     k = type == GGML_TYPE_TL2 ? &tl2_kernels : NULL;
 #endif
-#if (defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)) || defined(__AVX2__)
+#if (defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)) || (defined(__AVX2__) && defined(__GNUC__))
     if (nc >= 2 || k == NULL) {
         tl_gemm_decoded(type, n, s, bs, (const uint8_t *) vx, nr, (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
         return;
