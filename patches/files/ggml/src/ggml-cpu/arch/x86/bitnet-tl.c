@@ -1,4 +1,4 @@
-// bitnet-tools: x86 kernels for TL1 and TL2 weights (AVX-512 VBMI/VNNI; TL2 also AVX2).
+// bitnet-tools: x86 kernels for TL1 and TL2 weights (AVX-512 VBMI/VNNI, and AVX2 with GCC or clang).
 // Scalar reference: ../../bitnet.c; the driver, tile plans and trit tables: ../../bitnet-impl.h.
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
@@ -170,158 +170,11 @@ BITNET_INLINE void tl_tiles(int nch, const uint8_t * GGML_RESTRICT x, size_t til
 TL_PLANS(tl1, 0)
 TL_PLANS(tl2, 1)
 
-#elif defined(__AVX2__)
-
-// AVX2 (no byte permutes across 64 entries): a chunk's 64 lanes are transposed once into two
-// vectors whose 128-bit halves each hold one group's 16 rows -- X = (group 0 | group 2),
-// Y = (group 1 | group 3) -- so that pshufb's per-half 16-entry tables fit. The 32 nibble bytes
-// are transposed before the nibbles are split (byte b holds rows b/4 and 8 + b/4 of the same
-// group), and bit 4 is expanded straight into X/Y order; codes 0-15 and 16-31 are two lookups
-// blended by bit 4. Low and high table bytes are interleaved into exact int16 values and summed
-// in int16 for up to 32 chunks (|2 x 384| per chunk), then widened. This path keeps its own table
-// order (per chunk, 8 vectors: X's low bytes for codes 0-15 and 16-31, X's high bytes, then Y's).
-// It serves one column (token generation); several take the decoded kernels further down.
-
-#define TL2_FLUSH   32  // chunks summed in int16 before widening
-
-// one group's 32 table values as (low bytes, high bytes), each ordered codes 0-15 | codes 16-31
-static inline void tl2_group_bytes(int16_t a0, int16_t a1, int16_t a2, __m256i * lo, __m256i * hi) {
-    __m256i v[2];
-    for (int h = 0; h < 2; ++h) {
-        __m256i x = _mm256_mullo_epi16(_mm256_set1_epi16(a0), _mm256_loadu_si256((const __m256i *) (bitnet_tl2_trits[0] + 16*h)));
-        x = _mm256_add_epi16(x, _mm256_mullo_epi16(_mm256_set1_epi16(a1), _mm256_loadu_si256((const __m256i *) (bitnet_tl2_trits[1] + 16*h))));
-        x = _mm256_add_epi16(x, _mm256_mullo_epi16(_mm256_set1_epi16(a2), _mm256_loadu_si256((const __m256i *) (bitnet_tl2_trits[2] + 16*h))));
-        v[h] = x;
-    }
-    const __m256i mff = _mm256_set1_epi16(0xFF);
-    // packs work per 128-bit half: reorder the 64-bit pieces back to code order
-    *lo = _mm256_permute4x64_epi64(_mm256_packus_epi16(_mm256_and_si256(v[0], mff), _mm256_and_si256(v[1], mff)), 0xD8);
-    *hi = _mm256_permute4x64_epi64(_mm256_packs_epi16(_mm256_srai_epi16(v[0], 8), _mm256_srai_epi16(v[1], 8)), 0xD8);
-}
-
-static void tl2_build_lut_avx2(const int8_t * GGML_RESTRICT q, int n, uint8_t * GGML_RESTRICT lut) {
-    const int nch = (int) ggml_tl_chunks(GGML_TYPE_TL2, n);
-    for (int c = 0; c < nch; ++c) {
-        __m256i lo[4], hi[4];
-        for (int j = 0; j < 4; ++j) {
-            const int k = 3*(4*c + j);
-            tl2_group_bytes(k < n ? q[k] : 0, k + 1 < n ? q[k + 1] : 0, k + 2 < n ? q[k + 2] : 0, &lo[j], &hi[j]);
-        }
-        __m256i * t = (__m256i *) &((tl2_table *) lut)[c];
-        for (int xy = 0; xy < 2; ++xy) {  // X: groups 0 and 2, Y: groups 1 and 3
-            const int ja = xy, jb = xy + 2;
-            _mm256_storeu_si256(t + 4*xy + 0, _mm256_permute2x128_si256(lo[ja], lo[jb], 0x20));
-            _mm256_storeu_si256(t + 4*xy + 1, _mm256_permute2x128_si256(lo[ja], lo[jb], 0x31));
-            _mm256_storeu_si256(t + 4*xy + 2, _mm256_permute2x128_si256(hi[ja], hi[jb], 0x20));
-            _mm256_storeu_si256(t + 4*xy + 3, _mm256_permute2x128_si256(hi[ja], hi[jb], 0x31));
-        }
-    }
-}
-
-// bytes of the 64-bit mask m set to 0xFF where the lane's bit is set, lanes in X or Y order:
-// X byte k is lane 4 (k % 16) + 2 (k / 16), Y byte k the lane after it
-static inline __m256i tl2_bit4(__m256i m, const int y) {
-    const __m256i selx = _mm256_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7,
-                                          0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    const __m256i bitx = _mm256_setr_epi8(1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16,
-                                          4, 64, 4, 64, 4, 64, 4, 64, 4, 64, 4, 64, 4, 64, 4, 64);
-    const __m256i bit = y ? _mm256_add_epi8(bitx, bitx) : bitx;
-    return _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(m, selx), bit), bit);
-}
-
-// a full chunk's low code bits as X and Y, and the bit-4 masks in the same order
-static inline void tl2_transpose(const uint8_t * GGML_RESTRICT chunk, __m256i * X, __m256i * Y, __m256i * MX, __m256i * MY) {
-    const __m256i m0f = _mm256_set1_epi8(0x0F);
-    // per 16 bytes (4 rows x 4 groups): group-major, then the 4 x 4 dwords across the halves
-    const __m256i gm = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
-                                        0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    // half h: group 2h rows 0-7 (qword 0) and group 2h + 1 rows 0-7 (qword 1); rows 8-15 in the high nibbles
-    const __m256i t  = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *) chunk), gm), perm);
-    const __m256i lo = _mm256_and_si256(t, m0f);
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(t, 4), m0f);
-    *X = _mm256_unpacklo_epi64(lo, hi);
-    *Y = _mm256_unpackhi_epi64(lo, hi);
-    int64_t bits;
-    memcpy(&bits, chunk + 32, sizeof(bits));
-    const __m256i m = _mm256_set1_epi64x(bits);
-    *MX = tl2_bit4(m, 0);
-    *MY = tl2_bit4(m, 1);
-}
-
-// low or high table bytes of 32 codes: codes 0-15 from t[0], 16-31 from t[1], chosen by bit 4
-static inline __m256i tl2_lookup(const __m256i * t, __m256i i, __m256i m) {
-    return _mm256_blendv_epi8(_mm256_shuffle_epi8(_mm256_loadu_si256(t), i), _mm256_shuffle_epi8(_mm256_loadu_si256(t + 1), i), m);
-}
-
-// R full tiles (tile_b apart) x 1 column; s points at row 0. The second tile reads the chunk's
-// tables from L1; the next R tiles are prefetched.
-BITNET_INLINE void tl2_tiles_avx2(int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut,
-                                  float d, float wscale, float * GGML_RESTRICT s, const int R) {
-    __m256i acc_lo[2], acc_hi[2];  // int32 rows 0-7, 8-15
-    for (int r = 0; r < R; ++r) {
-        acc_lo[r] = _mm256_setzero_si256();
-        acc_hi[r] = _mm256_setzero_si256();
-    }
-    for (int c0 = 0; c0 < nch; c0 += TL2_FLUSH) {
-        const int c1 = c0 + TL2_FLUSH < nch ? c0 + TL2_FLUSH : nch;
-        __m256i s_lo[2], s_hi[2];  // int16
-        for (int r = 0; r < R; ++r) {
-            s_lo[r] = _mm256_setzero_si256();
-            s_hi[r] = _mm256_setzero_si256();
-        }
-        for (int ch = c0; ch < c1; ++ch) {
-            for (int o = 0; o < R*(int) sizeof(block_tl2); o += 64) {  // the next R tiles follow these
-                _mm_prefetch((const char *) x + R*tile_b + ch*R*sizeof(block_tl2) + o, _MM_HINT_T0);
-            }
-            const __m256i * t = (const __m256i *) &((const tl2_table *) lut)[ch];
-            for (int r = 0; r < R; ++r) {
-                __m256i X, Y, MX, MY;
-                tl2_transpose(x + r*tile_b + ch*sizeof(block_tl2), &X, &Y, &MX, &MY);
-                const __m256i xl = tl2_lookup(t + 0, X, MX), xh = tl2_lookup(t + 2, X, MX);
-                const __m256i yl = tl2_lookup(t + 4, Y, MY), yh = tl2_lookup(t + 6, Y, MY);
-                // exact int16 values: rows 0-7 from the low 8 bytes of each half, rows 8-15 from the high
-                s_lo[r] = _mm256_add_epi16(s_lo[r], _mm256_add_epi16(_mm256_unpacklo_epi8(xl, xh), _mm256_unpacklo_epi8(yl, yh)));
-                s_hi[r] = _mm256_add_epi16(s_hi[r], _mm256_add_epi16(_mm256_unpackhi_epi8(xl, xh), _mm256_unpackhi_epi8(yl, yh)));
-            }
-        }
-        // the two halves hold groups (0+1) and (2+3) of the same rows
-        for (int r = 0; r < R; ++r) {
-            acc_lo[r] = _mm256_add_epi32(acc_lo[r], _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(s_lo[r])),
-                                                                     _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s_lo[r], 1))));
-            acc_hi[r] = _mm256_add_epi32(acc_hi[r], _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(s_hi[r])),
-                                                                     _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s_hi[r], 1))));
-        }
-    }
-    const __m256 ws = _mm256_set1_ps(wscale);
-    const __m256 vd = _mm256_set1_ps(d);
-    for (int r = 0; r < R; ++r) {
-        float * o = s + r*TL_TILE_ROWS;
-        _mm256_storeu_ps(o,     _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc_lo[r]), vd), ws));
-        _mm256_storeu_ps(o + 8, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc_hi[r]), vd), ws));
-    }
-}
-
-#define TL2_AVX2_KERNEL(R)                                                                                                 \
-    static void tl2_avx2_tiles_##R##x1(int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut, \
-                                       size_t lut_b, const float * d, float wscale, float * GGML_RESTRICT s, size_t bs) {  \
-        (void) lut_b; (void) bs;                                                                                           \
-        tl2_tiles_avx2(nch, x, tile_b, lut, d[0], wscale, s, R);                                                           \
-    }
-TL2_AVX2_KERNEL(2) TL2_AVX2_KERNEL(1)
-
-// two tiles per step (the second reads the chunk's tables from L1), the next two prefetched
-static const struct bitnet_tl_rung tl2_avx2_gen[] = {
-    { 2, 1, { NULL, tl2_avx2_tiles_2x1 } },
-    { 1, 1, { NULL, tl2_avx2_tiles_1x1 } },
-};
-static const struct bitnet_tl_kernels tl2_kernels = { tl2_build_lut_avx2, 1, tl2_avx2_gen, tl2_avx2_gen, 2, 2 };
-
 #endif
 
 #if (defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)) || (defined(__AVX2__) && defined(__GNUC__))
 
-// ---------------------------------------------------------------- TL1 / TL2, several columns: decoded codes
+// ---------------------------------------------------------------- TL1 / TL2 decoded: several columns (AVX2: any)
 //
 // With several activation columns the lookup tables cost as much per column as a dot product of
 // decoded weights would (two byte permutes and a vpdpbusd per chunk, where decoded trits need
@@ -333,11 +186,14 @@ static const struct bitnet_tl_kernels tl2_kernels = { tl2_build_lut_avx2, 1, tl2
 // column's sum(q) to every row; the I8_S row carries it and it is subtracted at the end.
 // The activations are first split by trit position and interleaved by column (tl_split_acts):
 // chunk ch, column c, position p at ch*cs + c*4gw + 4p, so that a kernel reads all its columns
-// from one pointer.
+// from one pointer. AVX2 has no 64-entry byte permute, so there the lookup tables (which need a
+// transposed chunk per group) cost as many instructions as decoding even for one column, and
+// the decoded kernels serve every column count.
 
 #define TL_DEC_MAX_COLS 160  // columns split at once (their d and sum(q) on the stack)
 
-// code -> trit p + 1 of TL1 / TL2 (one vpermb table per p), unused codes as zero weights
+// code -> trit p + 1 of TL1 / TL2 (one vpermb table per p; AVX2 uses entries 0-15 and 16-31),
+// unused codes as zero weights
 typedef struct {
     uint8_t t[3][64];
 } tl_dec_tables_t;
@@ -522,7 +378,8 @@ static void tl_dec_tile16(int tl2, int nch, const uint8_t * GGML_RESTRICT x, con
 // blended in by bit 4. vpmaddubsw multiplies trit + 1 (u8) by the broadcast activations (s8) and
 // adds lanes 4i + {0, 1} and 4i + {2, 3} in int16: at most 2 * 2 * 128 per trit position, 1536
 // per TL2 chunk, so TL_DEC_RUN chunks sum in int16 before vpmaddwd widens them to a row's int32.
-#define TL_DEC_RUN 16  // 16 * 1536 < 32768
+#define TL_DEC_RUN    16  // 16 * 1536 < 32768
+#define TL_PF_CHUNKS  32  // one column: chunks fetched ahead of use
 
 // one I8_S row (column c) into the split layout above (cs bytes per chunk), zeros past n
 static void tl_split_acts(int gw, const int8_t * GGML_RESTRICT q, int n, int nch, int8_t * GGML_RESTRICT dst, size_t cs) {
@@ -568,7 +425,7 @@ static const uint8_t tla_bit[32] = { 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16
 // nibbles of this half (shifted by 0 or 4) into ymm11
 #define TLA_NIB                                                                                                            \
     "vmovdqu    (%[x]), %%ymm11\n\t"                                                                                      \
-    "vpsrlw     %[shc], %%ymm11, %%ymm11\n\t"                                                                             \
+    "vpsrlw     $%c[shc], %%ymm11, %%ymm11\n\t"                                                                             \
     "vpand      %[m0f], %%ymm11, %%ymm11\n\t"
 // trit position at table offset O into ymmW: codes 0-15 and 16-31 looked up, blended by bit 4 (ymm12)
 #define TLA_TRIT3(O, W)                                                                                                    \
@@ -622,17 +479,16 @@ static const uint8_t tla_bit[32] = { 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16
         "jnz        1b\n\t"                                                                                               \
         LIST(TLA_FLUSH)                                                                                                    \
         : [x] "+r" (xr), [a] "+r" (ar), [cnt] "+r" (cnt)                                                                   \
-        : [cs] "r" (cs), [tab] "r" (tab->t), [h4] "r" (h4), [pfd] "r" (pfd), [acc] "r" (acc), [shc] "m" (shc),              \
+        : [cs] "r" (cs), [tab] "r" (tab->t), [h4] "r" (h4), [pfd] "r" (pfd), [acc] "r" (acc), [shc] "i" (4*h),              \
           [m0f] "m" (m0f), [sel] "m" (*(const __m256i *) tla_sel), [bit] "m" (*(const __m256i *) tla_bit), [ones] "m" (ones) \
         : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",        \
           "xmm11", "xmm12", "xmm13", "xmm14", "xmm15")
 
 // rows 8h .. 8h + 7 of one full tile x C (8, 4, 2 or 1) columns: a points at the first column's bytes of chunk 0
-static void tl_dec_half_asm(int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a,
+BITNET_INLINE void tl_dec_half_asm(int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a,
                             size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, size_t bs,
                             const int tl2, const int C, const int h) {
     const size_t  chunk_b = tl2 ? sizeof(block_tl2) : sizeof(block_tl1);
-    const __m128i shc     = _mm_cvtsi32_si128(4*h);
     const __m256i m0f     = _mm256_set1_epi8(0x0F);
     const __m256i ones    = _mm256_set1_epi16(1);
     const size_t  h4      = 4*h;
@@ -669,10 +525,102 @@ static void tl_dec_half_asm(int nch, const uint8_t * GGML_RESTRICT x, const tl_d
     }
 }
 
+// One column (token generation), rows 0-15 in one pass: the tables stay in registers, each
+// chunk's codes and activations are loaded once. ymm0/1 the int16 sums of rows 0-7 / 8-15,
+// 2-7 the tables (trit position p: codes 0-15, 16-31), 8/9 the nibbles of the two halves,
+// 10/11 their bit-4 masks, 12 the broadcast activations, 13-15 products.
+#define TLA1_POS3(P, LO, HI)                                                                                               \
+    "vpbroadcastd " #P "*4(%[a]), %%ymm12\n\t"                                                                             \
+    "vpshufb    %%ymm8, %%ymm" #LO ", %%ymm13\n\t"                                                                        \
+    "vpshufb    %%ymm8, %%ymm" #HI ", %%ymm14\n\t"                                                                        \
+    "vpblendvb  %%ymm10, %%ymm14, %%ymm13, %%ymm13\n\t"                                                                   \
+    "vpmaddubsw %%ymm12, %%ymm13, %%ymm13\n\t"                                                                            \
+    "vpaddw     %%ymm13, %%ymm0, %%ymm0\n\t"                                                                              \
+    "vpshufb    %%ymm9, %%ymm" #LO ", %%ymm14\n\t"                                                                        \
+    "vpshufb    %%ymm9, %%ymm" #HI ", %%ymm15\n\t"                                                                        \
+    "vpblendvb  %%ymm11, %%ymm15, %%ymm14, %%ymm14\n\t"                                                                   \
+    "vpmaddubsw %%ymm12, %%ymm14, %%ymm14\n\t"                                                                            \
+    "vpaddw     %%ymm14, %%ymm1, %%ymm1\n\t"
+#define TLA1_POS2(P, T)                                                                                                    \
+    "vpbroadcastd " #P "*4(%[a]), %%ymm12\n\t"                                                                             \
+    "vpshufb    %%ymm8, %%ymm" #T ", %%ymm13\n\t"                                                                         \
+    "vpmaddubsw %%ymm12, %%ymm13, %%ymm13\n\t"                                                                            \
+    "vpaddw     %%ymm13, %%ymm0, %%ymm0\n\t"                                                                              \
+    "vpshufb    %%ymm9, %%ymm" #T ", %%ymm14\n\t"                                                                         \
+    "vpmaddubsw %%ymm12, %%ymm14, %%ymm14\n\t"                                                                            \
+    "vpaddw     %%ymm14, %%ymm1, %%ymm1\n\t"
+#define TLA1_MASK(OFF, M)                                                                                                  \
+    "vpbroadcastd " #OFF "(%[x]), %%ymm" #M "\n\t"                                                                         \
+    "vpshufb    %[sel], %%ymm" #M ", %%ymm" #M "\n\t"                                                                     \
+    "vpand      %[bit], %%ymm" #M ", %%ymm" #M "\n\t"                                                                     \
+    "vpcmpeqb   %[bit], %%ymm" #M ", %%ymm" #M "\n\t"
+#define TLA1_RUN(BODY, XB)                                                                                             \
+    __asm__ volatile(                                                                                                      \
+        "vpxor      %%ymm0, %%ymm0, %%ymm0\n\t"                                                                           \
+        "vpxor      %%ymm1, %%ymm1, %%ymm1\n\t"                                                                           \
+        ".p2align 6\n\t"                                                                                                   \
+        "1:\n\t"                                                                                                           \
+        "prefetcht0 (%[x],%[pfd])\n\t"                                                                                    \
+        "vmovdqu    (%[x]), %%ymm8\n\t"                                                                                   \
+        "vpsrlw     $4, %%ymm8, %%ymm9\n\t"                                                                               \
+        "vpand      %[m0f], %%ymm8, %%ymm8\n\t"                                                                           \
+        "vpand      %[m0f], %%ymm9, %%ymm9\n\t"                                                                           \
+        BODY                                                                                                               \
+        "add        $" #XB ", %[x]\n\t"                                                                                   \
+        "add        %[cs], %[a]\n\t"                                                                                   \
+        "dec        %[cnt]\n\t"                                                                                           \
+        "jnz        1b\n\t"                                                                                               \
+        "vpmaddwd   %[ones], %%ymm0, %%ymm0\n\t"                                                                          \
+        "vpaddd     (%[acc]), %%ymm0, %%ymm0\n\t"                                                                         \
+        "vmovdqu    %%ymm0, (%[acc])\n\t"                                                                                 \
+        "vpmaddwd   %[ones], %%ymm1, %%ymm1\n\t"                                                                          \
+        "vpaddd     32(%[acc]), %%ymm1, %%ymm1\n\t"                                                                       \
+        "vmovdqu    %%ymm1, 32(%[acc])\n\t"                                                                               \
+        : [x] "+r" (xr), [a] "+r" (ar), [cnt] "+r" (cnt)                                                                   \
+        : [cs] "r" (cs), [pfd] "r" (pfd), [acc] "r" (acc), [m0f] "m" (m0f), [sel] "m" (*(const __m256i *) tla_sel),                     \
+          [bit] "m" (*(const __m256i *) tla_bit), [ones] "m" (ones),                                                       \
+          "v" (t0), "v" (t1), "v" (t2), "v" (t3), "v" (t4), "v" (t5)                                                       \
+        : "cc", "memory", "xmm0", "xmm1", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15")
+
+static void tl_dec_tile1_asm(int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a,
+                             size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, const int tl2) {
+    const size_t  chunk_b = tl2 ? sizeof(block_tl2) : sizeof(block_tl1);
+    const __m256i m0f     = _mm256_set1_epi8(0x0F);
+    const __m256i ones    = _mm256_set1_epi16(1);
+    const size_t  pfd     = TL_PF_CHUNKS*chunk_b;
+    __m256i acc[2] = { _mm256_setzero_si256(), _mm256_setzero_si256() };
+    // the tables in ymm2-7 (TL1: 2 and 4), bound to registers so that the asm below may name them
+    register __m256i t0 __asm__("ymm2") = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tab->t[0]));
+    register __m256i t1 __asm__("ymm3") = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) (tab->t[0] + 16)));
+    register __m256i t2 __asm__("ymm4") = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tab->t[1]));
+    register __m256i t3 __asm__("ymm5") = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) (tab->t[1] + 16)));
+    register __m256i t4 __asm__("ymm6") = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tab->t[2]));
+    register __m256i t5 __asm__("ymm7") = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) (tab->t[2] + 16)));
+    for (int ch0 = 0; ch0 < nch; ch0 += TL_DEC_RUN) {
+        const uint8_t * xr  = x + ch0*chunk_b;
+        const int8_t  * ar  = a + ch0*cs;
+        size_t          cnt = (size_t) (nch - ch0 < TL_DEC_RUN ? nch - ch0 : TL_DEC_RUN);
+        if (tl2) {
+            TLA1_RUN(TLA1_MASK(32, 10) TLA1_MASK(36, 11) TLA1_POS3(0, 2, 3) TLA1_POS3(1, 4, 5) TLA1_POS3(2, 6, 7), 40);
+        } else {
+            TLA1_RUN(TLA1_POS2(0, 2) TLA1_POS2(1, 4), 32);
+        }
+    }
+    const __m256 ws = _mm256_set1_ps(wscale);
+    for (int h = 0; h < 2; ++h) {  // (acc - sum(q)) * d * wscale, as the reference rounds it
+        const __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[h], _mm256_set1_epi32(sum[0])));
+        _mm256_storeu_ps(s + 8*h, _mm256_mul_ps(_mm256_mul_ps(v, _mm256_set1_ps(d[0])), ws));
+    }
+}
+
 // one full tile (16 rows) x C columns, as two halves
 BITNET_INLINE void tl_dec_tile(int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a,
                                size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, size_t bs,
                                const int tl2, const int C) {
+    if (C == 1) {
+        tl_dec_tile1_asm(nch, x, tab, a, cs, d, sum, wscale, s, tl2);
+        return;
+    }
     tl_dec_half_asm(nch, x, tab, a, cs, d, sum, wscale, s, bs, tl2, C, 0);
     tl_dec_half_asm(nch, x, tab, a, cs, d, sum, wscale, s, bs, tl2, C, 1);
 }
@@ -749,21 +697,16 @@ static void tl_gemm_decoded(enum ggml_type type, int n, float * GGML_RESTRICT s,
 
 void ggml_gemm_tl_i8_s(enum ggml_type type, int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, int nr,
                        const void * GGML_RESTRICT vy, size_t by, int nc, float wscale, void * GGML_RESTRICT scratch) {
-    const struct bitnet_tl_kernels * k = NULL;
 #if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
-    k = type == GGML_TYPE_TL2 ? &tl2_kernels : &tl1_kernels;
-#elif defined(__AVX2__)
-    k = type == GGML_TYPE_TL2 ? &tl2_kernels : NULL;
-#endif
-#if (defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)) || (defined(__AVX2__) && defined(__GNUC__))
-    if (nc >= 2 || k == NULL) {
-        tl_gemm_decoded(type, n, s, bs, (const uint8_t *) vx, nr, (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
+    if (nc == 1) {  // token generation: lookup tables
+        bitnet_tl_gemm(type == GGML_TYPE_TL2 ? &tl2_kernels : &tl1_kernels, type, n, s, bs, (const uint8_t *) vx, nr,
+                       (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
         return;
     }
+    tl_gemm_decoded(type, n, s, bs, (const uint8_t *) vx, nr, (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
+#elif defined(__AVX2__) && defined(__GNUC__)
+    tl_gemm_decoded(type, n, s, bs, (const uint8_t *) vx, nr, (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
+#else
+    ggml_gemm_tl_i8_s_generic(type, n, s, bs, vx, nr, vy, by, nc, wscale, scratch);
 #endif
-    if (k != NULL) {
-        bitnet_tl_gemm(k, type, n, s, bs, (const uint8_t *) vx, nr, (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
-    } else {
-        ggml_gemm_tl_i8_s_generic(type, n, s, bs, vx, nr, vy, by, nc, wscale, scratch);
-    }
 }
