@@ -113,12 +113,6 @@ typedef struct {
 } tl1_table;
 static_assert(sizeof(tl1_table) == 2*TL_CHUNK*16, "wrong tl1_table size");
 
-typedef struct {
-    uint8_t lo[TL_CHUNK][32];
-    int8_t  hi[TL_CHUNK][32];
-} tl2_table;
-static_assert(sizeof(tl2_table) == 2*TL_CHUNK*32, "wrong tl2_table size");
-
 // R full tiles (tile_b bytes apart) x C activation columns (LUTs lut_b bytes apart, scales d[c]);
 // s points at row 0 of column 0. R and C are fixed by the table entry the kernel sits in.
 typedef void (*bitnet_tl_tiles_fn)(int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut,

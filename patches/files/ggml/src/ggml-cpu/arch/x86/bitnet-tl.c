@@ -1,5 +1,5 @@
 // bitnet-tools: x86 kernels for TL1 and TL2 weights (AVX-512 VBMI/VNNI, and AVX2 with GCC or clang).
-// Scalar reference: ../../bitnet.c; the driver, tile plans and trit tables: ../../bitnet-impl.h.
+// Scalar reference: ../../bitnet.c; the trit tables: ../../bitnet-impl.h.
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
 
@@ -12,183 +12,23 @@
 #include <immintrin.h>
 #endif
 
-// ---------------------------------------------------------------- TL1 / TL2, one column: lookup tables
-//
-// A full chunk (16 rows x 4 groups = 64 lanes, lane 4i + j) becomes one vector of 64 byte
-// indices into the chunk's tables: TL2 code | j << 5 into 4 x 32 entries (128 bytes, two zmm:
-// vpermi2b), TL1 code | j << 4 into 4 x 16 entries (one zmm: vpermb). One lookup gives all 64
-// partial dot products; dpbusd against ones then adds each row's 4 groups into one int32 lane.
-// Low (unsigned) and high (signed) table bytes are looked up and summed apart: the dot is
-// sum(lo) + 256 * sum(hi), exactly. Token generation walks R = 8 tiles at a time (each table
-// serves 8 index vectors) with the next 8 tiles prefetched. Several columns take the decoded
-// kernels further down instead.
-
-#if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
-
-// ggml_tl_build_lut: one group's table per vector (int16); TL2 gathers the low and high bytes of
-// two groups with one vpermt2b each
-static void tl2_build_lut512(const int8_t * GGML_RESTRICT q, int n, uint8_t * GGML_RESTRICT lut) {
-    const int ngroups = (int) ggml_tl_chunks(GGML_TYPE_TL2, n) * TL_CHUNK;
-    const __m512i t0 = _mm512_loadu_si512(bitnet_tl2_trits[0]);
-    const __m512i t1 = _mm512_loadu_si512(bitnet_tl2_trits[1]);
-    const __m512i t2 = _mm512_loadu_si512(bitnet_tl2_trits[2]);
-    const __m512i even = _mm512_set_epi8(126, 124, 122, 120, 118, 116, 114, 112, 110, 108, 106, 104, 102, 100, 98, 96,
-                                         94, 92, 90, 88, 86, 84, 82, 80, 78, 76, 74, 72, 70, 68, 66, 64,
-                                         62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32,
-                                         30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i odd  = _mm512_add_epi8(even, _mm512_set1_epi8(1));
-    for (int g = 0; g < ngroups; g += 2) {
-        __m512i v[2];
-        for (int h = 0; h < 2; ++h) {
-            const int k = 3*(g + h);
-            v[h] = _mm512_mullo_epi16(_mm512_set1_epi16(k < n ? q[k] : 0), t0);
-            v[h] = _mm512_add_epi16(v[h], _mm512_mullo_epi16(_mm512_set1_epi16(k + 1 < n ? q[k + 1] : 0), t1));
-            v[h] = _mm512_add_epi16(v[h], _mm512_mullo_epi16(_mm512_set1_epi16(k + 2 < n ? q[k + 2] : 0), t2));
-        }
-        uint8_t * dst = ((tl2_table *) lut)[g / TL_CHUNK].lo[g % TL_CHUNK];
-        _mm512_storeu_si512(dst,       _mm512_permutex2var_epi8(v[0], even, v[1]));  // value & 0xFF
-        _mm512_storeu_si512(dst + 128, _mm512_permutex2var_epi8(v[0], odd,  v[1]));  // value >> 8
-    }
-}
-
-static void tl1_build_lut512(const int8_t * GGML_RESTRICT q, int n, uint8_t * GGML_RESTRICT lut) {
-    const int ngroups = (int) ggml_tl_chunks(GGML_TYPE_TL1, n) * TL_CHUNK;
-    const __m256i t0 = _mm256_loadu_si256((const __m256i *) bitnet_tl1_trits[0]);
-    const __m256i t1 = _mm256_loadu_si256((const __m256i *) bitnet_tl1_trits[1]);
-    for (int g = 0; g < ngroups; ++g) {
-        const int k = 2*g;
-        __m256i v = _mm256_mullo_epi16(_mm256_set1_epi16(k < n ? q[k] : 0), t0);
-        v = _mm256_add_epi16(v, _mm256_mullo_epi16(_mm256_set1_epi16(k + 1 < n ? q[k + 1] : 0), t1));
-        uint8_t * dst = ((tl1_table *) lut)[g / TL_CHUNK].lo[g % TL_CHUNK];
-        _mm_storeu_si128((__m128i *) dst,        _mm256_cvtepi16_epi8(v));
-        _mm_storeu_si128((__m128i *) (dst + 64), _mm256_cvtepi16_epi8(_mm256_srai_epi16(v, 8)));
-    }
-}
-
-// the 64 codes of a full chunk, lane 4i + j
-BITNET_INLINE __m512i tl_codes(const uint8_t * GGML_RESTRICT chunk, const int tl2) {
-    const __m512i shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);   // upper half: high nibbles
-    __m512i z = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *) chunk));
-    z = _mm512_and_si512(_mm512_srlv_epi64(z, shift), _mm512_set1_epi8(0x0F));
-    if (tl2) {  // bit 4 of the codes, one mask bit per lane
-        uint64_t bit4;
-        memcpy(&bit4, chunk + 32, sizeof(bit4));
-        z = _mm512_mask_add_epi8(z, _cvtu64_mask64(bit4), z, _mm512_set1_epi8(0x10));
-    }
-    return z;
-}
-
-// the 64 table indices of a full chunk: code | j << 5 (TL2) or j << 4 (TL1), lane 4i + j
-BITNET_INLINE __m512i tl_index(const uint8_t * GGML_RESTRICT chunk, const int tl2) {
-    return _mm512_or_si512(tl_codes(chunk, tl2), _mm512_set1_epi32(tl2 ? 0x60402000 : 0x30201000));
-}
-
-// R full tiles x 1 column over all chunks; s points at row 0. Perm and dpbusd share two ports
-// (measured on Zen 5), so only the low bytes go through dpbusd: the high bytes (TL2: -2..1, TL1:
-// -1..0 per lane and chunk) are summed with vpaddb in int8 for TL_RUN chunks, then widened
-// exactly. pf: prefetch the next R tiles (they follow these in memory), R*chunk_b bytes per
-// chunk, so that the weight stream of token generation is in cache ahead of use.
-#define TL_RUN(tl2) ((tl2) ? 64 : 128)
-
-BITNET_INLINE void tl_tiles(int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut,
-                            float d, float wscale, float * GGML_RESTRICT s, const int tl2, const int R, const int pf) {
-    const int     chunk_b = tl2 ? sizeof(block_tl2) : sizeof(block_tl1);
-    const int     table_b = tl2 ? sizeof(tl2_table) : sizeof(tl1_table);
-    const __m512i ones    = _mm512_set1_epi8(1);
-    const uint8_t * pfp   = x + R*tile_b;
-    __m512i acc_lo[8], acc_hi[8];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-        acc_lo[r] = _mm512_setzero_si512();
-    }
-    for (int ch0 = 0; ch0 < nch; ch0 += TL_RUN(tl2)) {
-        const int ch1 = nch - ch0 < TL_RUN(tl2) ? nch : ch0 + TL_RUN(tl2);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-            acc_hi[r] = _mm512_setzero_si512();
-        }
-        for (int ch = ch0; ch < ch1; ++ch) {
-            if (pf) {
-#pragma GCC unroll 8
-                for (int o = 0; o < R*chunk_b; o += 64) {
-                    _mm_prefetch((const char *) pfp + ch*R*chunk_b + o, _MM_HINT_T0);
-                }
-            }
-            __m512i idx[8];
-#pragma GCC unroll 8
-            for (int r = 0; r < R; ++r) {
-                idx[r] = tl_index(x + r*tile_b + ch*chunk_b, tl2);
-            }
-            const uint8_t * t = lut + ch*table_b;
-            if (tl2) {
-                const __m512i lo_a = _mm512_load_si512(t),       lo_b = _mm512_load_si512(t + 64);
-                const __m512i hi_a = _mm512_load_si512(t + 128), hi_b = _mm512_load_si512(t + 192);
-#pragma GCC unroll 8
-                for (int r = 0; r < R; ++r) {
-                    acc_lo[r] = _mm512_dpbusd_epi32(acc_lo[r], _mm512_permutex2var_epi8(lo_a, idx[r], lo_b), ones);
-                    acc_hi[r] = _mm512_add_epi8(acc_hi[r], _mm512_permutex2var_epi8(hi_a, idx[r], hi_b));
-                }
-            } else {
-                const __m512i lo = _mm512_load_si512(t), hi = _mm512_load_si512(t + 64);
-#pragma GCC unroll 8
-                for (int r = 0; r < R; ++r) {
-                    acc_lo[r] = _mm512_dpbusd_epi32(acc_lo[r], _mm512_permutexvar_epi8(idx[r], lo), ones);
-                    acc_hi[r] = _mm512_add_epi8(acc_hi[r], _mm512_permutexvar_epi8(idx[r], hi));
-                }
-            }
-        }
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-            const __m512i h = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, acc_hi[r]);
-            acc_lo[r] = _mm512_add_epi32(acc_lo[r], _mm512_slli_epi32(h, 8));
-        }
-    }
-    const __m512 ws = _mm512_set1_ps(wscale);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-        const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc_lo[r]), _mm512_set1_ps(d)), ws);
-        _mm512_storeu_ps(s + r*TL_TILE_ROWS, v);
-    }
-}
-
-#define TL_KERNEL(TYPE, TL2, R, PF)                                                                                        \
-    static void TYPE##_tiles_##R##x1(int nch, const uint8_t * GGML_RESTRICT x, size_t tile_b, const uint8_t * GGML_RESTRICT lut, \
-                                     size_t lut_b, const float * d, float wscale, float * GGML_RESTRICT s, size_t bs) {    \
-        (void) lut_b; (void) bs;                                                                                           \
-        tl_tiles(nch, x, tile_b, lut, d[0], wscale, s, TL2, R, PF);                                                        \
-    }
-// one column (token generation); several take tl_gemm_decoded below, so the plan is used for both
-#define TL_PLANS(TYPE, TL2)                                                                                                \
-    TL_KERNEL(TYPE, TL2, 8, 1) TL_KERNEL(TYPE, TL2, 2, 1) TL_KERNEL(TYPE, TL2, 1, 0)                                       \
-    static const struct bitnet_tl_rung TYPE##_gen[] = {                                                                    \
-        { 8, 1, { NULL, TYPE##_tiles_8x1 } },                                                                              \
-        { 2, 1, { NULL, TYPE##_tiles_2x1 } },                                                                              \
-        { 1, 1, { NULL, TYPE##_tiles_1x1 } },                                                                              \
-    };                                                                                                                     \
-    static const struct bitnet_tl_kernels TYPE##_kernels = { TYPE##_build_lut512, 1, TYPE##_gen, TYPE##_gen, 3, 3 };
-
-TL_PLANS(tl1, 0)
-TL_PLANS(tl2, 1)
-
-#endif
-
 #if (defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)) || (defined(__AVX2__) && defined(__GNUC__))
 
-// ---------------------------------------------------------------- TL1 / TL2 decoded: several columns (AVX2: any)
+// ---------------------------------------------------------------- TL1 / TL2: decoded codes
 //
-// With several activation columns the lookup tables cost as much per column as a dot product of
-// decoded weights would (two byte permutes and a vpdpbusd per chunk, where decoded trits need
-// one vpdpbusd per trit position), and each column's tables, 6x (TL1) to 21x (TL2) the bytes of
-// the codes they serve, are read again for every tile. So here the codes of each chunk are
-// decoded once, one vpermb per trit position p into trit + 1 (0..2, lane 4i + j: row i, group j),
-// and every column's activations of that position (groups 0..3 of the chunk: 4 bytes, broadcast)
-// are multiplied in with vpdpbusd, which sums lanes 4i..4i+3 into row i. The +1 adds the
-// column's sum(q) to every row; the I8_S row carries it and it is subtracted at the end.
-// The activations are first split by trit position and interleaved by column (tl_split_acts):
-// chunk ch, column c, position p at ch*cs + c*4gw + 4p, so that a kernel reads all its columns
-// from one pointer. AVX2 has no 64-entry byte permute, so there the lookup tables (which need a
-// transposed chunk per group) cost as many instructions as decoding even for one column, and
-// the decoded kernels serve every column count.
+// The codes of each chunk are decoded, one vpermb per trit position p into trit + 1 (0..2, lane
+// 4i + j: row i, group j), and every column's activations of that position (groups 0..3 of the
+// chunk: 4 bytes, broadcast) are multiplied in with vpdpbusd, which sums lanes 4i..4i+3 into
+// row i. The +1 adds the column's sum(q) to every row; the I8_S row carries it and it is
+// subtracted at the end. The activations are first split by trit position and interleaved by
+// column (tl_split_acts): chunk ch, column c, position p at ch*cs + c*4gw + 4p, so that a kernel
+// reads all its columns from one pointer.
+// Lookup tables (bitnet.cpp's way, and this file's until 2026-12) cost as much per column as
+// the decoded dot products (two byte permutes and a vpdpbusd per chunk against one vpdpbusd per
+// trit position), their bytes are 6x (TL1) to 21x (TL2) those of the codes they serve, and on
+// AVX2, without a 64-entry byte permute, they need every chunk transposed; with one column
+// (token generation) the decoded kernels measured 1.3-1.4x faster on Zen 4 once their sums no
+// longer waited on one vpdpbusd chain.
 
 #define TL_DEC_MAX_COLS 160  // columns split at once (their d and sum(q) on the stack)
 
@@ -208,6 +48,19 @@ static void tl_dec_tables(int tl2, tl_dec_tables_t * tab) {
 }
 
 #if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+
+// the 64 codes of a full chunk, lane 4i + j
+BITNET_INLINE __m512i tl_codes(const uint8_t * GGML_RESTRICT chunk, const int tl2) {
+    const __m512i shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);   // upper half: high nibbles
+    __m512i z = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *) chunk));
+    z = _mm512_and_si512(_mm512_srlv_epi64(z, shift), _mm512_set1_epi8(0x0F));
+    if (tl2) {  // bit 4 of the codes, one mask bit per lane
+        uint64_t bit4;
+        memcpy(&bit4, chunk + 32, sizeof(bit4));
+        z = _mm512_mask_add_epi8(z, _cvtu64_mask64(bit4), z, _mm512_set1_epi8(0x10));
+    }
+    return z;
+}
 
 // one I8_S row (column c) into the split layout above (cs bytes per chunk), zeros past n
 static void tl_split_acts(int gw, const int8_t * GGML_RESTRICT q, int n, int nch, int8_t * GGML_RESTRICT dst, size_t cs) {
@@ -243,13 +96,16 @@ BITNET_INLINE void tl_dec_tile(int nch, const uint8_t * GGML_RESTRICT x, const t
                                const int tl2, const int C) {
     const int gw      = tl2 ? 3 : 2;
     const int chunk_b = tl2 ? sizeof(block_tl2) : sizeof(block_tl1);
-    __m512i t[3], acc[8];
+    // K sums per column (one per trit position, or two), so that with few columns vpdpbusd's
+    // latency does not bind: one chain per column would wait for it 2-3 times per chunk
+    const int K = C <= 2 ? gw : C == 4 ? 2 : 1;
+    __m512i t[3], acc[8];  // column c, chain k: acc[c*K + k]
     for (int p = 0; p < gw; ++p) {
         t[p] = _mm512_loadu_si512(tab->t[p]);
     }
 #pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) {
-        acc[c] = _mm512_setzero_si512();
+    for (int i = 0; i < C*K; ++i) {
+        acc[i] = _mm512_setzero_si512();
     }
     for (int ch = 0; ch < nch; ++ch, a += cs) {
         _mm_prefetch((const char *) x + (ch + 16)*chunk_b, _MM_HINT_T0);
@@ -265,13 +121,17 @@ BITNET_INLINE void tl_dec_tile(int nch, const uint8_t * GGML_RESTRICT x, const t
             for (int p = 0; p < gw; ++p) {
                 int32_t a4;
                 memcpy(&a4, a + c*4*gw + 4*p, sizeof(a4));
-                acc[c] = _mm512_dpbusd_epi32(acc[c], w[p], _mm512_set1_epi32(a4));
+                const int i = c*K + p % K;
+                acc[i] = _mm512_dpbusd_epi32(acc[i], w[p], _mm512_set1_epi32(a4));
             }
         }
     }
 #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) {
-        tl_dec_store(acc[c], sum[c], d[c], wscale, s + c*bs);
+        for (int k = 1; k < K; ++k) {
+            acc[c*K] = _mm512_add_epi32(acc[c*K], acc[c*K + k]);
+        }
+        tl_dec_store(acc[c*K], sum[c], d[c], wscale, s + c*bs);
     }
 }
 
@@ -644,9 +504,9 @@ typedef void (*tl_dec_tile_fn)(int nch, const uint8_t * GGML_RESTRICT x, const t
 TL_DEC_KERNELS(tl1, 0)
 TL_DEC_KERNELS(tl2, 1)
 
-// ggml_gemm_tl_i8_s for nc >= 2: the columns split into scratch (as many as it holds), then row
-// blocks of about 256 KiB of codes, which stay in L2 while every column passes over them in
-// kernels of 16, 8, 4, 2, 1 columns; the last, shorter tile goes to the scalar kernel.
+// ggml_gemm_tl_i8_s: the columns split into scratch (as many as it holds), then row blocks of
+// about 256 KiB of codes, which stay in L2 while every column passes over them in kernels of 16
+// (AVX-512), 8, 4, 2, 1 columns; the last, shorter tile goes to the scalar kernel.
 static void tl_gemm_decoded(enum ggml_type type, int n, float * GGML_RESTRICT s, size_t bs, const uint8_t * GGML_RESTRICT x, int nr,
                             const int8_t * GGML_RESTRICT y, size_t by, int nc, float wscale, uint8_t * GGML_RESTRICT scratch) {
     const int      tl2    = type == GGML_TYPE_TL2;
@@ -697,14 +557,7 @@ static void tl_gemm_decoded(enum ggml_type type, int n, float * GGML_RESTRICT s,
 
 void ggml_gemm_tl_i8_s(enum ggml_type type, int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, int nr,
                        const void * GGML_RESTRICT vy, size_t by, int nc, float wscale, void * GGML_RESTRICT scratch) {
-#if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
-    if (nc == 1) {  // token generation: lookup tables
-        bitnet_tl_gemm(type == GGML_TYPE_TL2 ? &tl2_kernels : &tl1_kernels, type, n, s, bs, (const uint8_t *) vx, nr,
-                       (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
-        return;
-    }
-    tl_gemm_decoded(type, n, s, bs, (const uint8_t *) vx, nr, (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
-#elif defined(__AVX2__) && defined(__GNUC__)
+#if (defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)) || (defined(__AVX2__) && defined(__GNUC__))
     tl_gemm_decoded(type, n, s, bs, (const uint8_t *) vx, nr, (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
 #else
     ggml_gemm_tl_i8_s_generic(type, n, s, bs, vx, nr, vy, by, nc, wscale, scratch);
