@@ -276,7 +276,6 @@ static const uint8_t tla_bit[32] = { 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16
 #define TLA_8(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
 #define TLA_4(M) M(0) M(1) M(2) M(3)
 #define TLA_2(M) M(0) M(1)
-#define TLA_1(M) M(0)
 #define TLA_ZERO(C) "vpxor      %%ymm" #C ", %%ymm" #C ", %%ymm" #C "\n\t"
 #define TLA_FLUSH(C)                                                                                                       \
     "vpmaddwd   %[ones], %%ymm" #C ", %%ymm" #C "\n\t"                                                                     \
@@ -344,7 +343,7 @@ static const uint8_t tla_bit[32] = { 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16
         : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",        \
           "xmm11", "xmm12", "xmm13", "xmm14", "xmm15")
 
-// rows 8h .. 8h + 7 of one full tile x C (8, 4, 2 or 1) columns: a points at the first column's bytes of chunk 0
+// rows 8h .. 8h + 7 of one full tile x C (8, 4 or 2; one column: tl_dec_tile1_asm) columns: a points at the first column's bytes of chunk 0
 BITNET_INLINE void tl_dec_half_asm(int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a,
                             size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, size_t bs,
                             const int tl2, const int C, const int h) {
@@ -366,15 +365,13 @@ BITNET_INLINE void tl_dec_half_asm(int nch, const uint8_t * GGML_RESTRICT x, con
             switch (C) {
                 case 8: TLA_RUN(TLA_8, TLA_DEC3, TLA_COL3, 40); break;
                 case 4: TLA_RUN(TLA_4, TLA_DEC3, TLA_COL3, 40); break;
-                case 2: TLA_RUN(TLA_2, TLA_DEC3, TLA_COL3, 40); break;
-                default: TLA_RUN(TLA_1, TLA_DEC3, TLA_COL3, 40); break;
+                default: TLA_RUN(TLA_2, TLA_DEC3, TLA_COL3, 40); break;
             }
         } else {
             switch (C) {
                 case 8: TLA_RUN(TLA_8, TLA_DEC2, TLA_COL2, 32); break;
                 case 4: TLA_RUN(TLA_4, TLA_DEC2, TLA_COL2, 32); break;
-                case 2: TLA_RUN(TLA_2, TLA_DEC2, TLA_COL2, 32); break;
-                default: TLA_RUN(TLA_1, TLA_DEC2, TLA_COL2, 32); break;
+                default: TLA_RUN(TLA_2, TLA_DEC2, TLA_COL2, 32); break;
             }
         }
     }
