@@ -136,6 +136,10 @@ def load(path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, rpc:
 
     path = check_model_file(Path(path))
     kwargs.setdefault("verbose", False)
+    # read, not mapped: the engine gives the weights transparent huge pages, and generation
+    # streams them faster from those (the engine's own tools decide the same in their default
+    # load mode, patches/0014); use_mmap=True maps the file instead
+    kwargs.setdefault("use_mmap", False)
     threads = n_threads or physical_cores()
     if rpc:
         from . import rpc as rpc_mod

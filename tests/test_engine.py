@@ -130,3 +130,41 @@ def test_llama_cpp_test_quantize_fns(tools):
     # our type is among those tested, and passes
     for check in ("absolute quantization error", "reference implementation error", "dot product error"):
         assert re.search(rf"^\s*i2_s {check}:\s+ok \(", r.stdout, re.M), check
+
+
+# in a child process, so that the count is the model's alone: the KiB of anonymous huge pages
+# after loading with the given arguments
+_HUGE_AFTER_LOAD = """
+import re, sys
+from pathlib import Path
+from bitnet_tools import load
+llm = load(sys.argv[1], n_ctx=64, **eval(sys.argv[2]))
+print(re.search(r"AnonHugePages:\\s+(\\d+) kB", Path("/proc/self/smaps_rollup").read_text()).group(1))
+"""
+
+
+def test_models_are_read_into_huge_pages(tmp_path, tools):
+    """By default a model is read into buffers in 2 MiB pages (patches/0014): from Python, and in
+    the tools' default load mode; mapped on request."""
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not thp.exists() or "[never]" in thp.read_text():
+        pytest.skip("this kernel has transparent huge pages switched off: models are mapped")
+    from bitnet_tools import dummy
+    from conftest import run
+    import sys
+
+    model = dummy.write(tmp_path / "m.gguf", "125m", "i2_s", n_layer=2, note=lambda _: None)
+    size_kib = model.stat().st_size // 1024
+
+    def huge_kib(kwargs: str) -> int:
+        out = run([sys.executable, "-c", _HUGE_AFTER_LOAD, model, kwargs], timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return int(out.stdout.split()[-1])
+
+    read, mapped = huge_kib("{}"), huge_kib("{'use_mmap': True}")
+    assert read >= size_kib // 2, (read, size_kib)   # the weights (the Q6_K embedding is 5/6 of them)
+    assert mapped < read - size_kib // 2, (mapped, read)
+    # a tool left at its default load mode reads too, and says so
+    out = run([tools / "llama-completion", "-m", model, "-p", "a", "-n", "1", "-no-cnv", "-t", "1", "-v"], timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "(load_mode = none)" in out.stderr + out.stdout

@@ -311,7 +311,9 @@ static void bitnet_gemv_row512(int ng, float * GGML_RESTRICT s, const uint8_t * 
 #if defined(__GNUC__)
 // Four rows at a time in inline asm: GCC's allocation of the same loop in intrinsics adds
 // copies and spills around vpdpbusd. Eight accumulator chains (two per row); activations are
-// memory operands; pl walks the next tile's bytes linearly, one line per row and step.
+// memory operands; pl walks the tile after next linearly, one line per row and step: one tile
+// ahead (2.5 KB for 2560 columns) was less than the bytes one core must keep in flight to
+// stream from DRAM, and two tiles ahead made 1-thread generation ~10 % faster on Zen 4.
 #define BITNET_GEMV_ASM_ROW(XR, A6, A4)                 \
     "vmovdqu64 " XR ", %%zmm28\n\t"                     \
     "vpsllq    $4, %%zmm28, %%zmm29\n\t"                \
@@ -334,7 +336,7 @@ static void bitnet_gemv_tile4_asm(int ng, float * GGML_RESTRICT s, const uint8_t
     if (np > 0) {
         const uint8_t * x0 = x;
         const __m512i * ap = a;
-        const uint8_t * pl = x + 4 * bx;
+        const uint8_t * pl = x + 8 * bx;
         size_t          b3 = 3*bx;
         size_t          cnt = (size_t) np;
         __asm__ volatile(

@@ -108,7 +108,8 @@ BITNET_INLINE void tl_dec_tile(int nch, const uint8_t * GGML_RESTRICT x, const t
         acc[i] = _mm512_setzero_si512();
     }
     for (int ch = 0; ch < nch; ++ch, a += cs) {
-        _mm_prefetch((const char *) x + (ch + 16)*chunk_b, _MM_HINT_T0);
+        // 64 chunks (2-2.5 KB) ahead: with 16, one column (generation) waited on DRAM, ~9 % slower
+        _mm_prefetch((const char *) x + (ch + 64)*chunk_b, _MM_HINT_T0);
         const __m512i z = tl_codes(x + ch*chunk_b, tl2);
         __m512i w[3];
 #pragma GCC unroll 3
