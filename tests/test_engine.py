@@ -4,15 +4,17 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from bitnet_tools import engine
+from bitnet_tools import dummy, engine
 from bitnet_tools.cli import app
 from bitnet_tools.doctor import ggml_type_name
+from conftest import run
 
 
 def test_installed_llama_cpp_is_the_patched_build():
@@ -135,10 +137,10 @@ def test_llama_cpp_test_quantize_fns(tools):
 # in a child process, so that the count is the model's alone: the KiB of anonymous huge pages
 # after loading with the given arguments
 _HUGE_AFTER_LOAD = """
-import re, sys
+import json, re, sys
 from pathlib import Path
 from bitnet_tools import load
-llm = load(sys.argv[1], n_ctx=64, **eval(sys.argv[2]))
+llm = load(sys.argv[1], n_ctx=64, **json.loads(sys.argv[2]))
 print(re.search(r"AnonHugePages:\\s+(\\d+) kB", Path("/proc/self/smaps_rollup").read_text()).group(1))
 """
 
@@ -149,10 +151,6 @@ def test_models_are_read_into_huge_pages(tmp_path, tools):
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if not thp.exists() or "[never]" in thp.read_text():
         pytest.skip("this kernel has transparent huge pages switched off: models are mapped")
-    from bitnet_tools import dummy
-    from conftest import run
-    import sys
-
     model = dummy.write(tmp_path / "m.gguf", "125m", "i2_s", n_layer=2, note=lambda _: None)
     size_kib = model.stat().st_size // 1024
 
@@ -161,7 +159,7 @@ def test_models_are_read_into_huge_pages(tmp_path, tools):
         assert out.returncode == 0, out.stderr[-2000:]
         return int(out.stdout.split()[-1])
 
-    read, mapped = huge_kib("{}"), huge_kib("{'use_mmap': True}")
+    read, mapped = huge_kib("{}"), huge_kib('{"use_mmap": true}')
     assert read >= size_kib // 2, (read, size_kib)   # the weights (the Q6_K embedding is 5/6 of them)
     assert mapped < read - size_kib // 2, (mapped, read)
     # a tool left at its default load mode reads too, and says so
