@@ -172,7 +172,7 @@ def measure_ceilings(tools: Path, threads: int, quick: bool = False, timeout: fl
 class ModelCost:
     """What one token costs a model file, from its tensors (dense models)."""
     bytes_per_token: int    # bytes a generated token reads
-    macs_per_token: int     # multiply-accumulates of a prompt token's matrix products, head included
+    macs_per_token: int     # multiply-accumulates of a token's matrix products, head included
     head_macs: int          # of which the output head's
     tied: bool              # no output.weight: the token embedding is also the head
 
@@ -207,10 +207,13 @@ def model_cost(path: Path) -> ModelCost:
 def ceiling(test: str, cost: ModelCost, c: Ceilings) -> float:
     """Tokens per second this machine's ceiling allows for one test of one model: generation
     (tg) is bound by reading the weights once per token, prompt processing (pp) by the int8
-    peak over the MACs per token; a pooled-embedding text (embd) needs no output head."""
+    peak over the MACs per token. llama-bench asks a prompt (ppN, one batch) for the logits of
+    its last token only, so the output head runs once per N tokens; a pooled-embedding text
+    (embd) needs no head at all."""
     if test.startswith("tg"):
         return c.read_gb_s * 1e9 / cost.bytes_per_token
-    macs = cost.macs_per_token - (cost.head_macs if test.startswith("embd") else 0)
+    body = cost.macs_per_token - cost.head_macs
+    macs = body if test.startswith("embd") else body + cost.head_macs / int(test[2:])
     return c.int8_gmac_s * 1e9 / macs
 
 
@@ -450,7 +453,7 @@ def render(results: list[Result], command: str, show_engine: bool, watts_per_cor
         console.print("ceilings (bitnet-roofline, this run): " + "; ".join(
             f"{x['threads']} thr: read {x['read_gb_s']:.1f} GB/s, int8 {x['int8_gmac_s']:.0f} GMAC/s ({x['isa']})"
             for x in roof))
-        console.print("tg ceiling = read bandwidth / bytes a token reads; pp ceiling = int8 peak / MACs per token")
+        console.print("tg ceiling = read bandwidth / bytes a token reads; pp ceiling = int8 peak / MACs per prompt token (head once per prompt)")
     else:
         console.print("no ceilings: the layers ran on RPC workers, not on this machine")
     sp = speedups(results)

@@ -191,14 +191,15 @@ def test_ceilings_and_shares():
     cost = bench.ModelCost(bytes_per_token=500_000_000, macs_per_token=2_000_000_000, head_macs=300_000_000, tied=True)
     c = bench.Ceilings(threads=2, read_gb_s=40.0, int8_gmac_s=400.0, isa="x")
     assert bench.ceiling("tg128", cost, c) == pytest.approx(80.0)            # 40e9 / 0.5e9
-    assert bench.ceiling("pp512", cost, c) == pytest.approx(200.0)           # 400e9 / 2e9
+    # the head (0.3 GMAC) runs for the prompt's last token only: 1.7e9 + 0.3e9/512 per token
+    assert bench.ceiling("pp512", cost, c) == pytest.approx(400e9 / (1.7e9 + 0.3e9 / 512))
     assert bench.ceiling("embd128", cost, c) == pytest.approx(400e9 / 1.7e9)  # no head for a pooled text
     rows = [bench.Result("m.gguf", "i2_s", 2, test, 1, tps, 0.0, 1, 1, 2.0, 1.0, 1.0, 1.0, "estimated", True)
             for test, tps in (("tg128", 20.0), ("pp512", 50.0))]
     rows.append(bench.Result("m.gguf", "i2_s", 1, "tg128", 1, 10.0, 0.0, 1, 1, 2.0, 1.0, 1.0, 1.0, "estimated", True))
     bench.add_ceilings(rows, {2: c}, {"m.gguf": cost})
     assert rows[0].ceiling_share == pytest.approx(0.25) and rows[0].ceiling_bound == "read bandwidth"
-    assert rows[1].ceiling_share == pytest.approx(0.25) and rows[1].ceiling_bound == "int8 peak"
+    assert rows[1].ceiling_share == pytest.approx(50.0 / bench.ceiling("pp512", cost, c)) and rows[1].ceiling_bound == "int8 peak"
     assert rows[2].ceiling_tps is None and rows[2].ceiling_share is None   # 1 thread not measured
     assert bench.roofline_summary(rows) == [{"threads": 2, "read_gb_s": 40.0, "int8_gmac_s": 400.0, "isa": "x",
                                              "probe": "bitnet-roofline"}]
