@@ -122,18 +122,22 @@ def test_backend_ops_q6_k_head_few_columns(tools):
 
 
 @pytest.mark.slow
-def test_backend_ops_attention_few_queries(tools):
-    """The attention of a decode step over F16 caches: where the CPU has AVX-512, our kernel (the
-    query heads of a KV head together, 16 cache rows a block) against ggml's reference, on the
-    2B-4T heads in 16 sequences and the edges around them (partial blocks, a group of 4 heads and
-    one of 1, no mask, permuted tensors)."""
+def test_backend_ops_attention(tools):
+    """Attention over F16 caches: where the CPU has AVX-512, our kernels against ggml's reference.
+    A decode step (the query heads of a KV head together, 16 cache rows a block): the 2B-4T heads
+    in 16 sequences, 1 and 3 query positions. A prompt (16 positions a block, one per lane): 64,
+    77 and 100 positions in one or two sequences. Both over the edges around them (partial
+    blocks, a group of 4 heads and one of 1, no mask, permuted tensors)."""
     lib = next(tools.glob("libggml-cpu.so.*.*"))
     flags = open("/proc/cpuinfo").read().split()
     if all(f in flags for f in ("avx512f", "avx512dq", "avx512bw", "avx512vl")):  # compiled in: else ggml's own path runs
-        assert "ggml_bitnet_attn_f16" in run(["nm", "-D", lib]).stdout
+        symbols = run(["nm", "-D", lib]).stdout
+        assert "ggml_bitnet_attn_f16" in symbols and "ggml_bitnet_attn_f16_prompt" in symbols
     r = run([tools / "test-backend-ops", "test", "-b", "CPU", "-o", "FLASH_ATTN_EXT", "-p", "nh=5,"])
     assert r.returncode == 0 and "FAIL" not in r.stdout, r.stdout[-3000:]
-    assert sum("FLASH_ATTN_EXT(" in line and "OK" in line for line in r.stdout.splitlines()) >= 50
+    passed = [line for line in r.stdout.splitlines() if "FLASH_ATTN_EXT(" in line and "OK" in line]
+    assert sum(",nb=1," in line or ",nb=3," in line for line in passed) >= 50
+    assert sum(any(f",nb={n}," in line for n in (64, 77, 100)) for line in passed) >= 50
 
 
 # ---------------------------------------------------------------- a file made byte by byte

@@ -392,7 +392,9 @@ bool ggml_bitnet_mul_mat_q6_k(const struct ggml_compute_params * params, struct 
 #endif
 }
 
-// ---------------------------------------------------------------- attention, few queries
+// ---------------------------------------------------------------- attention: few queries, a prompt
+
+#define BITNET_ATTN_PROMPT_Q 64  // from this many query positions on, the prompt kernel
 
 bool ggml_bitnet_flash_attn_ext(const struct ggml_compute_params * params, struct ggml_tensor * dst) {
 #if defined(GGML_BITNET_ATTN_F16)
@@ -418,6 +420,36 @@ bool ggml_bitnet_flash_attn_ext(const struct ggml_compute_params * params, struc
     const int64_t rk2  = q->ne[2]/nkh;       // query heads per KV head
     const int64_t rk3  = q->ne[3]/k->ne[3];
     const int64_t nsub = (rk2 + 3)/4;        // groups of up to 4 of them
+    if (nq >= BITNET_ATTN_PROMPT_Q) {
+        if (mask && mask->ne[2] != 1) {
+            return false;                    // the prompt kernel takes one mask for all heads
+        }
+        const int64_t nblk = (nq + 15)/16;   // blocks of 16 positions
+        const int64_t per  = nsub*nkh*q->ne[3];
+        if (params->ith == 0) {
+            ggml_threadpool_chunk_set(params->threadpool, params->nth);  // each thread takes item ith first
+        }
+        ggml_barrier(params->threadpool);
+        // one item: 16 positions of one sequence, up to 4 heads of one KV head; the last
+        // positions first, as they see the most cache rows (the threads finish together)
+        for (int64_t it = params->ith; it < nblk*per; it = ggml_threadpool_chunk_add(params->threadpool, 1)) {
+            const int64_t p0  = 16*(nblk - 1 - it/per);
+            const int64_t sub = it % nsub;
+            const int64_t ik2 = (it/nsub) % nkh;
+            const int64_t iq3 = it/nsub/nkh % q->ne[3];
+            const int64_t h0  = ik2*rk2 + 4*sub;
+            ggml_bitnet_attn_f16_prompt((int) MIN(4, rk2 - 4*sub), (int) MIN(16, nq - p0), (int) dk, (int) dv, k->ne[1],
+                (const float *) ((const char *) q->data + p0*q->nb[1] + h0*q->nb[2] + iq3*q->nb[3]), q->nb[1], q->nb[2], scale,
+                (const char *) k->data + ik2*k->nb[2] + (iq3/rk3)*k->nb[3], k->nb[1],
+                (const char *) v->data + ik2*v->nb[2] + (iq3/rk3)*v->nb[3], v->nb[1],
+                mask ? (const ggml_fp16_t *) ((const char *) mask->data + p0*mask->nb[1] + (iq3 % mask->ne[3])*mask->nb[3]) : NULL,
+                mask ? mask->nb[1] : 0,
+                // dst is [dv, heads, queries, sequences], rows nb[1] apart (as ggml writes it)
+                (float *) ((char *) dst->data + (iq3*dst->ne[2]*dst->ne[1] + h0 + p0*dst->ne[1])*dst->nb[1]),
+                dst->ne[1]*dst->nb[1], dst->nb[1]);
+        }
+        return true;
+    }
     const int64_t n    = nq*nkh*nsub*q->ne[3];
     // one item: one query position of one sequence, up to 4 heads of one KV head
     for (int64_t it = params->ith; it < n; it += params->nth) {

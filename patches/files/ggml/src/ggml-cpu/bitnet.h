@@ -82,7 +82,7 @@ void ggml_gemm_q6_k_q8_k(int n, float * GGML_RESTRICT s, size_t bs, const void *
                          const void * GGML_RESTRICT vy, size_t by, int nr, int nc);
 
 // FLASH_ATTN_EXT with fewer than 64 queries (ggml's tiled path takes more) over an F16 cache,
-// where this architecture has a kernel (a server's decode step): computes the op and returns
+// where this architecture has a kernel (a server's decode step, a prompt): computes the op and returns
 // true; false leaves it to ggml (other types and options -- ALiBi, soft-capping, sinks -- and
 // --use-ref).
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__AVX512F__) && defined(__AVX512DQ__) && \
@@ -97,6 +97,13 @@ bool ggml_bitnet_flash_attn_ext(const struct ggml_compute_params * params, struc
 void ggml_bitnet_attn_f16(int nr, int dk, int dv, int64_t nk, const float * const * q, float scale,
                           const void * k, size_t kstride, const void * v, size_t vstride,
                           const ggml_fp16_t * const * mask, float * const * out);
+// The same for a prompt: np <= 16 query positions of nh <= 4 query heads that share one KV head,
+// head h's position p at q + h*qhead + p*qpos (bytes; dk F32 values) and its output (dv F32) at
+// out + h*ohead + p*opos; the heads share the mask, position p's nk F16 values at mask + p*mpos
+// bytes (mask may be NULL). dk % 16 == 0, dv % 64 == 0, both <= GGML_BITNET_ATTN_MAX_D.
+void ggml_bitnet_attn_f16_prompt(int nh, int np, int dk, int dv, int64_t nk, const float * q, size_t qpos, size_t qhead,
+                                 float scale, const void * k, size_t kstride, const void * v, size_t vstride,
+                                 const ggml_fp16_t * mask, size_t mpos, float * out, size_t opos, size_t ohead);
 
 // Architectures without their own file use the generic kernels.
 #if !(defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86) || \

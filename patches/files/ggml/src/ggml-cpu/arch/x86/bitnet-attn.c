@@ -1,5 +1,5 @@
-// bitnet-tools: attention of a few query positions over an F16 KV cache (AVX-512), the
-// attention of a server's batched decode step. Reference: ggml's
+// bitnet-tools: attention over an F16 KV cache (AVX-512): of a few query positions (a server's
+// batched decode step) and of a prompt (64 positions or more). Reference: ggml's
 // ggml_compute_forward_flash_attn_ext_f16_one_chunk (../../ops.cpp), which test-backend-ops runs
 // beside this kernel; the driver is ggml_bitnet_flash_attn_ext in ../../bitnet.c.
 //
@@ -187,5 +187,165 @@ void ggml_bitnet_attn_f16(int nr, int dk, int dv, int64_t nk, const float * cons
     };
     GGML_ASSERT(nr >= 1 && nr <= 4 && dk % 16 == 0 && dk <= GGML_BITNET_ATTN_MAX_D && dv % 64 == 0 && dv <= GGML_BITNET_ATTN_MAX_D);
     heads[nr](dk, dv, nk, q, scale, (const char *) k, kstride, (const char *) v, vstride, mask, out);
+}
+
+// ---------------------------------------------------------------- a prompt's attention
+//
+// Many query positions, one per lane. ggml's tiled path converts and transposes the F16 K tile
+// element by element for every 64 queries of every head, and stores the scores to memory
+// between its steps. Here the 16 positions of up to 4 query heads that share a KV head go
+// together: each block of 16 cache rows is converted to F32 once for all of them; Q is
+// transposed once per call, so a block's scores are 16 vectors (one per cache row, a lane per
+// position) of one FMA per dimension with the K value broadcast; the online softmax is lane-wise
+// (no horizontal reductions); and P V is one FMA per output value and cache row, the V value
+// broadcast. Reference: ggml_compute_forward_flash_attn_ext_f16_one_chunk, as for the kernel above.
+
+#define BITNET_ATTN_QP 16  // query positions per call: one per lane
+
+BITNET_INLINE void bitnet_attn_prompt(const int NH, int np, int dk, int dv, int64_t nk, const float * q, size_t qpos,
+                                      size_t qhead, float scale, const char * k, size_t kstride, const char * v,
+                                      size_t vstride, const char * mask, size_t mpos, char * out,
+                                      size_t opos, size_t ohead) {
+    float qT[4][GGML_BITNET_ATTN_MAX_D][16]  __attribute__((aligned(64)));  // [head][dimension][position]
+    float oT[4][GGML_BITNET_ATTN_MAX_D][16]  __attribute__((aligned(64)));
+    float kf[BITNET_ATTN_KB][GGML_BITNET_ATTN_MAX_D] __attribute__((aligned(64)));  // the block's rows in F32
+    float vf[BITNET_ATTN_KB][GGML_BITNET_ATTN_MAX_D] __attribute__((aligned(64)));
+    float mr[16][BITNET_ATTN_KB]             __attribute__((aligned(64)));  // [position][row] of the mask
+    __m512 M[4], S[4];
+
+    for (int h = 0; h < NH; ++h) {
+        for (int d = 0; d < dk; ++d) {
+            for (int p = 0; p < 16; ++p) {
+                qT[h][d][p] = p < np ? ((const float *) ((const char *) q + h*qhead + p*qpos))[d]*scale : 0.0f;
+            }
+        }
+        memset(oT[h], 0, dv*sizeof(oT[h][0]));
+        M[h] = _mm512_set1_ps(-INFINITY);
+        S[h] = _mm512_setzero_ps();
+    }
+    const __m512  ninf   = _mm512_set1_ps(-INFINITY);
+    const __m512  one    = _mm512_set1_ps(1.0f);
+    const __m512i rowsof = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                              _mm512_set1_epi32(BITNET_ATTN_KB));
+    for (int64_t ic = 0; ic < nk; ic += BITNET_ATTN_KB) {
+        const int       n     = nk - ic < BITNET_ATTN_KB ? (int) (nk - ic) : BITNET_ATTN_KB;
+        const __mmask16 lanes = (__mmask16) ((1u << n) - 1);
+
+        // the mask (the heads share it), transposed: mt[j], lane p = mask[p][ic + j]; -inf past
+        // the cache and the positions. A block no position sees is skipped.
+        __m512 mt[BITNET_ATTN_KB];
+        for (int p = 0; p < 16; ++p) {
+            __m512 x = ninf;
+            if (mask && p < np) {
+                x = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes, mask + p*mpos + 2*ic));
+            } else if (p < np) {
+                x = _mm512_setzero_ps();
+            }
+            _mm512_store_ps(mr[p], _mm512_mask_blend_ps(lanes, ninf, x));
+        }
+        __mmask16 live = 0;
+        for (int j = 0; j < BITNET_ATTN_KB; ++j) {
+            mt[j] = _mm512_i32gather_ps(_mm512_add_epi32(rowsof, _mm512_set1_epi32(j)), &mr[0][0], 4);
+            live |= _mm512_cmp_ps_mask(mt[j], ninf, _CMP_NEQ_OQ);
+        }
+        if (!live) {
+            continue;
+        }
+
+        // the block's K and V rows in F32; zeros past the cache (their scores are -inf)
+        for (int j = 0; j < BITNET_ATTN_KB; ++j) {
+            const char * kr = k + (ic + j)*kstride;
+            const char * vr = v + (ic + j)*vstride;
+            for (int d = 0; d < dk; d += 16) {
+                _mm512_store_ps(kf[j] + d, j < n ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (kr + 2*d))) : _mm512_setzero_ps());
+            }
+            for (int d = 0; d < dv; d += 16) {
+                _mm512_store_ps(vf[j] + d, j < n ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (vr + 2*d))) : _mm512_setzero_ps());
+            }
+        }
+
+        for (int h = 0; h < NH; ++h) {
+            // scores: s[j], lane p = q[p] . k[j] (scale is in q) + mask
+            __m512 s[BITNET_ATTN_KB];
+            for (int j = 0; j < BITNET_ATTN_KB; ++j) {
+                s[j] = _mm512_setzero_ps();
+            }
+            for (int d = 0; d < dk; ++d) {
+                const __m512 qv = _mm512_load_ps(qT[h][d]);
+                for (int j = 0; j < BITNET_ATTN_KB; ++j) {
+                    s[j] = _mm512_fmadd_ps(qv, _mm512_set1_ps(kf[j][d]), s[j]);
+                }
+            }
+            __m512 mx = ninf;
+            for (int j = 0; j < BITNET_ATTN_KB; ++j) {
+                s[j] = _mm512_add_ps(s[j], mt[j]);
+                mx   = _mm512_max_ps(mx, s[j]);
+            }
+            // online softmax per lane; a position that has seen no row yet keeps M = -inf and
+            // its exponents are taken against 0 (all of them are exp(-inf) = 0)
+            const __m512 Mnew  = _mm512_max_ps(M[h], mx);
+            const __m512 base  = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(Mnew, ninf, _CMP_EQ_OQ), Mnew, _mm512_setzero_ps());
+            const __m512 alpha = ggml_v_expf(_mm512_sub_ps(M[h], base));
+            __m512 sum = _mm512_setzero_ps();
+            for (int j = 0; j < BITNET_ATTN_KB; ++j) {
+                s[j] = ggml_v_expf(_mm512_sub_ps(s[j], base));
+                sum  = _mm512_add_ps(sum, s[j]);
+            }
+            S[h] = _mm512_fmadd_ps(S[h], alpha, sum);
+            M[h] = Mnew;
+            const bool rescale = _mm512_cmp_ps_mask(alpha, one, _CMP_NEQ_UQ) != 0;
+
+            // o = alpha o + P V, 8 output values at a time
+            for (int c = 0; c < dv; c += 8) {
+                __m512 acc[8];
+                for (int i = 0; i < 8; ++i) {
+                    acc[i] = rescale ? _mm512_mul_ps(_mm512_load_ps(oT[h][c + i]), alpha) : _mm512_load_ps(oT[h][c + i]);
+                }
+                for (int j = 0; j < BITNET_ATTN_KB; ++j) {
+                    for (int i = 0; i < 8; ++i) {
+                        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(vf[j][c + i]), s[j], acc[i]);
+                    }
+                }
+                for (int i = 0; i < 8; ++i) {
+                    _mm512_store_ps(oT[h][c + i], acc[i]);
+                }
+            }
+        }
+    }
+    // out = o / S; a position that saw no row gets zeros, as ggml writes
+    for (int h = 0; h < NH; ++h) {
+        const __mmask16 none = _mm512_cmp_ps_mask(S[h], _mm512_setzero_ps(), _CMP_EQ_OQ);
+        const __m512    inv  = _mm512_maskz_div_ps((__mmask16) ~none, one, S[h]);
+        float invs[16] __attribute__((aligned(64)));
+        _mm512_store_ps(invs, inv);
+        for (int p = 0; p < np; ++p) {
+            float * o = (float *) (out + h*ohead + p*opos);
+            for (int c = 0; c < dv; ++c) {
+                o[c] = oT[h][c][p]*invs[p];
+            }
+        }
+    }
+}
+
+#define BITNET_ATTN_PROMPT(NH)                                                                                         \
+    static void bitnet_attn_prompt_##NH(int np, int dk, int dv, int64_t nk, const float * q, size_t qpos, size_t qhead, \
+                                        float scale, const char * k, size_t kstride, const char * v, size_t vstride,   \
+                                        const char * mask, size_t mpos, char * out, size_t opos, size_t ohead) {          \
+        bitnet_attn_prompt(NH, np, dk, dv, nk, q, qpos, qhead, scale, k, kstride, v, vstride, mask, mpos, out, opos,   \
+                           ohead);                                                                                     \
+    }
+BITNET_ATTN_PROMPT(1) BITNET_ATTN_PROMPT(2) BITNET_ATTN_PROMPT(3) BITNET_ATTN_PROMPT(4)
+
+void ggml_bitnet_attn_f16_prompt(int nh, int np, int dk, int dv, int64_t nk, const float * q, size_t qpos, size_t qhead,
+                                 float scale, const void * k, size_t kstride, const void * v, size_t vstride,
+                                 const ggml_fp16_t * mask, size_t mpos, float * out, size_t opos, size_t ohead) {
+    static void (* const heads[5])(int, int, int, int64_t, const float *, size_t, size_t, float, const char *, size_t,
+                                   const char *, size_t, const char *, size_t, char *, size_t, size_t) = {
+        NULL, bitnet_attn_prompt_1, bitnet_attn_prompt_2, bitnet_attn_prompt_3, bitnet_attn_prompt_4,
+    };
+    GGML_ASSERT(nh >= 1 && nh <= 4 && np >= 1 && np <= BITNET_ATTN_QP && dk % 16 == 0 && dk <= GGML_BITNET_ATTN_MAX_D &&
+                dv % 64 == 0 && dv <= GGML_BITNET_ATTN_MAX_D);
+    heads[nh](np, dk, dv, nk, q, qpos, qhead, scale, (const char *) k, kstride, (const char *) v, vstride,
+              (const char *) mask, mpos, (char *) out, opos, ohead);
 }
 #endif
