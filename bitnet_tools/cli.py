@@ -567,11 +567,12 @@ def info(model: Path = typer.Argument(..., help="A GGUF file.")):
     """Architecture, tensor types, bits per weight and size of a GGUF model."""
     import gguf
     import numpy as np
-    from .runtime import ModelError, check_model_file
+    from .runtime import ModelError, check_model_file, diagnose_model_file
     from .writer import tensor_nbytes
 
     try:
         check_model_file(model)
+        diagnose_model_file(model)
         reader = gguf.GGUFReader(model)
     except (ModelError, ValueError) as e:
         if _debug:

@@ -23,15 +23,17 @@ class EmbedError(ValueError):
 
 
 def pooling_type(path: Path) -> int | None:
-    """The GGUF's `<arch>.pooling_type` (gguf.PoolingType), None when it has none: a text model."""
+    """The GGUF's `<arch>.pooling_type` (gguf.PoolingType), None when it has none (a text model)
+    or when gguf-py cannot read the file: the engine then refuses it, in its own words."""
     import gguf
     from . import quants  # noqa: F401  (our type ids, so gguf-py reads ternary files)
-    fields = gguf.GGUFReader(path).fields
-    arch = fields.get("general.architecture")
-    if arch is None:
+    try:
+        fields = gguf.GGUFReader(path).fields
+        arch = fields.get("general.architecture")
+        key = fields.get(f"{arch.contents()}.pooling_type") if arch is not None else None
+        return None if key is None else int(key.contents())
+    except Exception:  # a damaged file breaks gguf-py's reader (and its texts) in many ways
         return None
-    key = fields.get(f"{arch.contents()}.pooling_type")
-    return None if key is None else int(key.contents())
 
 
 def read_texts(prompts: list[str], file: Path | None) -> list[str]:

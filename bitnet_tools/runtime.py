@@ -44,13 +44,15 @@ class ModelError(ValueError):
 
 
 def check_model_file(path: Path) -> Path:
+    """The checks that cost nothing before a load: the file exists and is a GGUF. The engine
+    checks the rest as it loads (patches/files/src/llama-bitnet-validate.cpp); when it refuses a
+    file, diagnose_model_file says why in our words."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model file {path} does not exist: check the path, or create one with 'bitnet convert'")
     with open(path, "rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise ModelError(f"{path} is not a GGUF file: convert the checkpoint with 'bitnet convert' first")
-    _refuse_bitnet_cpp_tl(path)
     return path
 
 
@@ -59,7 +61,11 @@ def check_model_file(path: Path) -> Path:
 BITNET_CPP_TL = {38: "TL1", 39: "TL2"}
 
 
-def _refuse_bitnet_cpp_tl(path: Path) -> None:
+def diagnose_model_file(path: Path) -> None:
+    """Raises ModelError for a file that gguf-py reads as one we cannot run (bitnet.cpp's TL1/TL2
+    files, tensor types this build does not know, a damaged header); returns for any other. It
+    parses the whole header (seconds for a 128K-token vocabulary), so it runs only after the engine
+    refused a file, to replace the engine's words (ggml's "invalid ggml type 38") with the cause."""
     import gguf
     from . import quants  # noqa: F401  (our type ids)
     from .gguf_adapter import UnknownTensorTypes
@@ -156,5 +162,6 @@ def load(path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, rpc:
         try:
             return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, **kwargs)
         except ValueError as e:
+            diagnose_model_file(path)
             reason = engine_reason(errors) or str(e)
             raise ModelError(f"{path}: {reason}") from None

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .embed import pooling_type
-from .runtime import check_model_file, engine_reason, physical_cores
+from .runtime import check_model_file, diagnose_model_file, engine_reason, physical_cores
 
 READY_TIMEOUT = 600.0   # seconds to load a model (a 100B-shape file from a cold disk takes minutes)
 STOP_TIMEOUT = 10.0
@@ -152,6 +152,7 @@ def start(opts: ServeOptions, binary: Path, log: Path) -> subprocess.Popen:
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
+                diagnose_model_file(opts.model)   # our words for a file the engine refused, if gguf-py sees why
                 raise ServerError(f"llama-server stopped while loading {opts.model.name} (exit {proc.returncode}): "
                                   f"{_last_error(log)} (full log: {log})")
             if health(opts.url, timeout=1.0) == 200:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -157,14 +159,23 @@ def test_llama_quantize_writes_what_our_numpy_writes(tools, tmp_path, name):
 
 
 def test_bitnet_cpp_tl_files_are_refused_with_a_clear_error(tmp_path):
-    """bitnet.cpp's TL2 files say file type 39 (and use ggml type 39, MXFP4 here): refuse them."""
-    from bitnet_tools.runtime import ModelError, check_model_file
-    shape = dummy.Shape(256, 1, 512, 4, 2, 300)
+    """bitnet.cpp's TL2 files say file type 39 (and use ggml type 39, MXFP4 here): the engine
+    refuses them in its own words (a whole model, so that nothing else stops the load first), and
+    load() says the same."""
+    from bitnet_tools.runtime import ModelError, diagnose_model_file, load
     path = tmp_path / "bitnet-cpp-tl2.gguf"
-    write_gguf(path, "bitnet-b1.58", dummy.metadata(shape, "x", 39),
-               [PendingTensor("output_norm.weight", (256,), T.F32, lambda: np.ones(256, np.float32))])
+    dummy.write(path, "tiny", "i2_s")
+    data = bytearray(path.read_bytes())
+    key = b"general.file_type"
+    at = data.index(key) + len(key) + 4          # after the key: the value type (u32), then the value
+    assert int.from_bytes(data[at - 4:at], "little") == 4    # GGUF u32
+    data[at:at + 4] = (39).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="bitnet.cpp TL2 file.*--outtype tl2"):
-        check_model_file(path)
+        diagnose_model_file(path)
+    r = subprocess.run([sys.executable, "-c", f"from bitnet_tools import load; load({str(path)!r}, n_ctx=64)"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "bitnet.cpp TL2 file" in r.stderr and "--outtype tl2" in r.stderr, r.stderr[-2000:]
 
 
 def _with_tensor_type(path, name: str, n: int, type_id: int) -> None:
@@ -183,11 +194,11 @@ def _with_tensor_type(path, name: str, n: int, type_id: int) -> None:
 def test_files_with_unknown_tensor_types_are_refused_by_cause(tmp_path, ftype, type_id, match):
     """The refusal comes from the type ids gguf-py could not read (gguf_adapter.UnknownTensorTypes),
     not from the wording of gguf-py's exception."""
-    from bitnet_tools.runtime import ModelError, check_model_file
+    from bitnet_tools.runtime import ModelError, diagnose_model_file
     shape = dummy.Shape(256, 1, 512, 4, 2, 300)
     path = tmp_path / "unknown-type.gguf"
     write_gguf(path, "bitnet-b1.58", dummy.metadata(shape, "x", ftype),
                [PendingTensor("output_norm.weight", (256,), T.F32, lambda: np.ones(256, np.float32))])
     _with_tensor_type(path, "output_norm.weight", 256, type_id)
     with pytest.raises(ModelError, match=match):
-        check_model_file(path)
+        diagnose_model_file(path)
