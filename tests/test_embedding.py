@@ -100,13 +100,16 @@ def test_every_type_matches_the_reference(converted, checkpoints, backbone, qtyp
     assert float(np.median(_errors(got, broken.embed_many(tokens, mode=mode, embd="f16")))) > 10 * bound
 
 
-def test_gguf_says_how_the_model_pools_and_what_it_appends(converted, checkpoints):
+def test_gguf_says_how_the_model_pools_and_what_it_appends(converted, checkpoints, tmp_path):
     from safetensors import safe_open
+    from bitnet_tools import dummy
+    from bitnet_tools.embed import pooling_type
     for backbone in ("qwen3", "gemma3"):
         r = gguf.GGUFReader(converted(backbone, "i2_s"))
         arch = r.fields["general.architecture"].contents()
         assert arch == backbone
         assert r.fields[f"{arch}.pooling_type"].contents() == int(gguf.PoolingType.LAST)
+        assert pooling_type(converted(backbone, "i2_s")) == int(gguf.PoolingType.LAST)   # as serve and bench read it
         names = {t.name for t in r.tensors}
         assert "output.weight" not in names   # an embedding model has no output head
         assert {f"blk.0.{p}_norm_in.weight" for p in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate",
@@ -130,6 +133,9 @@ def test_gguf_says_how_the_model_pools_and_what_it_appends(converted, checkpoint
     assert r.fields["gemma3.attention.sliding_window"].contents() == cfg["sliding_window"]
     assert r.fields["gemma3.attention.sliding_window_pattern"].contents() == [
         k == "sliding_attention" for k in cfg["layer_types"]]
+    assert pooling_type(dummy.write(tmp_path / "tiny.gguf", "tiny", "i2_s")) is None        # a text model
+    (tmp_path / "cut.gguf").write_bytes((tmp_path / "tiny.gguf").read_bytes()[:4096])
+    assert pooling_type(tmp_path / "cut.gguf") is None                                      # unreadable: the load says why
 
 
 def test_a_plain_backbone_checkpoint_is_refused(checkpoints, tmp_path):
