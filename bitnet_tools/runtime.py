@@ -131,6 +131,24 @@ def engine_reason(lines: list[str]) -> str | None:
     return None
 
 
+def reads_into_memory(n_bytes: int, thp: Path = Path("/sys/kernel/mm/transparent_hugepage/enabled"),
+                      meminfo: Path = Path("/proc/meminfo")) -> bool:
+    """The engine's rule for its default load mode (llama_read_into_huge_pages, patches/0014):
+    read the weights into memory, where they get transparent huge pages and a generation step
+    streams them faster than from the page cache's 4 KiB pages, when huge pages are not switched
+    off and the file is under half of the memory available; else map the file (a model near the
+    size of memory then pages in from disk instead of failing to fit)."""
+    try:
+        if "[never]" in thp.read_text():
+            return False
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return n_bytes < int(line.split()[1]) * 1024 // 2
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
 def load(path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, rpc: list[str] | str | None = None,
          tensor_split: list[float] | None = None, **kwargs):
     """A llama_cpp.Llama for a GGUF file, with threads = physical cores. A file or context the
@@ -142,10 +160,9 @@ def load(path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, rpc:
 
     path = check_model_file(Path(path))
     kwargs.setdefault("verbose", False)
-    # read, not mapped: the engine gives the weights transparent huge pages, and generation
-    # streams them faster from those (the engine's own tools decide the same in their default
-    # load mode, patches/0014); use_mmap=True maps the file instead
-    kwargs.setdefault("use_mmap", False)
+    # read, not mapped, where the engine's own tools would read it (their default load mode,
+    # patches/0014; llama_cpp.Llama can only say "map" or "read"); use_mmap=True maps the file
+    kwargs.setdefault("use_mmap", not reads_into_memory(path.stat().st_size))
     threads = n_threads or physical_cores()
     if rpc:
         from . import rpc as rpc_mod

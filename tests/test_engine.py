@@ -166,3 +166,19 @@ def test_models_are_read_into_huge_pages(tmp_path, tools):
     out = run([tools / "llama-completion", "-m", model, "-p", "a", "-n", "1", "-no-cnv", "-t", "1", "-v"], timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "(load_mode = none)" in out.stderr + out.stdout
+
+
+def test_load_reads_where_the_engine_would_and_maps_a_model_near_the_size_of_memory(tmp_path):
+    """bitnet_tools.load chooses as the engine's default load mode does (patches/0014): read while
+    huge pages are on and the file is under half of MemAvailable, else map (a model too large
+    to read in would otherwise fail to fit)."""
+    from bitnet_tools.runtime import reads_into_memory
+    thp, meminfo = tmp_path / "enabled", tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       25000000 kB\nMemFree:        1000 kB\nMemAvailable:   20000000 kB\n")
+    for mode in ("[always] madvise never", "always [madvise] never"):
+        thp.write_text(mode + "\n")
+        assert reads_into_memory(9_000_000_000, thp, meminfo)          # under half of 20.48 GB
+        assert not reads_into_memory(11_000_000_000, thp, meminfo)     # over half: mapped
+    thp.write_text("always madvise [never]\n")
+    assert not reads_into_memory(1_000, thp, meminfo)                  # no huge pages to gain
+    assert not reads_into_memory(1_000, tmp_path / "none", meminfo)    # not Linux, or no such file
