@@ -421,9 +421,14 @@ bool ggml_bitnet_flash_attn_ext(const struct ggml_compute_params * params, struc
     const int64_t rk3  = q->ne[3]/k->ne[3];
     const int64_t nsub = (rk2 + 3)/4;        // groups of up to 4 of them
     if (nq >= BITNET_ATTN_PROMPT_Q) {
-        if (mask && mask->ne[2] != 1) {
-            return false;                    // the prompt kernel takes one mask for all heads
+        // each thread's scratch: its share of the op's work buffer (ggml plans one for its own
+        // tiled path, larger than ours), from a 64-byte boundary
+        const size_t share = params->wsize/params->nth;
+        if ((mask && mask->ne[2] != 1) ||    // the prompt kernel takes one mask for all heads
+            share < GGML_BITNET_ATTN_PROMPT_WORK(dk, dv)*sizeof(float) + 64) {
+            return false;
         }
+        float * work = (float *) (((uintptr_t) params->wdata + params->ith*share + 63) & ~(uintptr_t) 63);
         const int64_t nblk = (nq + 15)/16;   // blocks of 16 positions
         const int64_t per  = nsub*nkh*q->ne[3];
         if (params->ith == 0) {
@@ -446,7 +451,7 @@ bool ggml_bitnet_flash_attn_ext(const struct ggml_compute_params * params, struc
                 mask ? mask->nb[1] : 0,
                 // dst is [dv, heads, queries, sequences], rows nb[1] apart (as ggml writes it)
                 (float *) ((char *) dst->data + (iq3*dst->ne[2]*dst->ne[1] + h0 + p0*dst->ne[1])*dst->nb[1]),
-                dst->ne[1]*dst->nb[1], dst->nb[1]);
+                dst->ne[1]*dst->nb[1], dst->nb[1], work);
         }
         return true;
     }

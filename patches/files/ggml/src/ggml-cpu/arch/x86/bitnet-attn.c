@@ -205,21 +205,22 @@ void ggml_bitnet_attn_f16(int nr, int dk, int dv, int64_t nk, const float * cons
 BITNET_INLINE void bitnet_attn_prompt(const int NH, int np, int dk, int dv, int64_t nk, const float * q, size_t qpos,
                                       size_t qhead, float scale, const char * k, size_t kstride, const char * v,
                                       size_t vstride, const char * mask, size_t mpos, char * out,
-                                      size_t opos, size_t ohead) {
-    float qT[4][GGML_BITNET_ATTN_MAX_D][16]  __attribute__((aligned(64)));  // [head][dimension][position]
-    float oT[4][GGML_BITNET_ATTN_MAX_D][16]  __attribute__((aligned(64)));
-    float kf[BITNET_ATTN_KB][GGML_BITNET_ATTN_MAX_D] __attribute__((aligned(64)));  // the block's rows in F32
-    float vf[BITNET_ATTN_KB][GGML_BITNET_ATTN_MAX_D] __attribute__((aligned(64)));
-    float mr[16][BITNET_ATTN_KB]             __attribute__((aligned(64)));  // [position][row] of the mask
+                                      size_t opos, size_t ohead, float * work) {
+    // in the caller's work buffer (80 KiB for 128-wide heads; a thread's stack may be small)
+    float * qT = work;                           // [head][dimension][position], scaled
+    float * oT = qT + 4*16*dk;                   // [head][output value][position]
+    float * kf = oT + 4*16*dv;                   // [row][dimension]: the block's K rows in F32
+    float * vf = kf + BITNET_ATTN_KB*dk;         // [row][output value]
+    float * mr = vf + BITNET_ATTN_KB*dv;         // [position][row] of the mask
     __m512 M[4], S[4];
 
     for (int h = 0; h < NH; ++h) {
         for (int d = 0; d < dk; ++d) {
             for (int p = 0; p < 16; ++p) {
-                qT[h][d][p] = p < np ? ((const float *) ((const char *) q + h*qhead + p*qpos))[d]*scale : 0.0f;
+                qT[(h*dk + d)*16 + p] = p < np ? ((const float *) ((const char *) q + h*qhead + p*qpos))[d]*scale : 0.0f;
             }
         }
-        memset(oT[h], 0, dv*sizeof(oT[h][0]));
+        memset(oT + h*dv*16, 0, dv*16*sizeof(float));
         M[h] = _mm512_set1_ps(-INFINITY);
         S[h] = _mm512_setzero_ps();
     }
@@ -241,11 +242,11 @@ BITNET_INLINE void bitnet_attn_prompt(const int NH, int np, int dk, int dv, int6
             } else if (p < np) {
                 x = _mm512_setzero_ps();
             }
-            _mm512_store_ps(mr[p], _mm512_mask_blend_ps(lanes, ninf, x));
+            _mm512_store_ps(mr + p*BITNET_ATTN_KB, _mm512_mask_blend_ps(lanes, ninf, x));
         }
         __mmask16 live = 0;
         for (int j = 0; j < BITNET_ATTN_KB; ++j) {
-            mt[j] = _mm512_i32gather_ps(_mm512_add_epi32(rowsof, _mm512_set1_epi32(j)), &mr[0][0], 4);
+            mt[j] = _mm512_i32gather_ps(_mm512_add_epi32(rowsof, _mm512_set1_epi32(j)), mr, 4);
             live |= _mm512_cmp_ps_mask(mt[j], ninf, _CMP_NEQ_OQ);
         }
         if (!live) {
@@ -257,10 +258,10 @@ BITNET_INLINE void bitnet_attn_prompt(const int NH, int np, int dk, int dv, int6
             const char * kr = k + (ic + j)*kstride;
             const char * vr = v + (ic + j)*vstride;
             for (int d = 0; d < dk; d += 16) {
-                _mm512_store_ps(kf[j] + d, j < n ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (kr + 2*d))) : _mm512_setzero_ps());
+                _mm512_store_ps(kf + j*dk + d, j < n ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (kr + 2*d))) : _mm512_setzero_ps());
             }
             for (int d = 0; d < dv; d += 16) {
-                _mm512_store_ps(vf[j] + d, j < n ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (vr + 2*d))) : _mm512_setzero_ps());
+                _mm512_store_ps(vf + j*dv + d, j < n ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (vr + 2*d))) : _mm512_setzero_ps());
             }
         }
 
@@ -271,9 +272,9 @@ BITNET_INLINE void bitnet_attn_prompt(const int NH, int np, int dk, int dv, int6
                 s[j] = _mm512_setzero_ps();
             }
             for (int d = 0; d < dk; ++d) {
-                const __m512 qv = _mm512_load_ps(qT[h][d]);
+                const __m512 qv = _mm512_load_ps(qT + (h*dk + d)*16);
                 for (int j = 0; j < BITNET_ATTN_KB; ++j) {
-                    s[j] = _mm512_fmadd_ps(qv, _mm512_set1_ps(kf[j][d]), s[j]);
+                    s[j] = _mm512_fmadd_ps(qv, _mm512_set1_ps(kf[j*dk + d]), s[j]);
                 }
             }
             __m512 mx = ninf;
@@ -299,15 +300,15 @@ BITNET_INLINE void bitnet_attn_prompt(const int NH, int np, int dk, int dv, int6
             for (int c = 0; c < dv; c += 8) {
                 __m512 acc[8];
                 for (int i = 0; i < 8; ++i) {
-                    acc[i] = rescale ? _mm512_mul_ps(_mm512_load_ps(oT[h][c + i]), alpha) : _mm512_load_ps(oT[h][c + i]);
+                    acc[i] = rescale ? _mm512_mul_ps(_mm512_load_ps(oT + (h*dv + c + i)*16), alpha) : _mm512_load_ps(oT + (h*dv + c + i)*16);
                 }
                 for (int j = 0; j < BITNET_ATTN_KB; ++j) {
                     for (int i = 0; i < 8; ++i) {
-                        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(vf[j][c + i]), s[j], acc[i]);
+                        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(vf[j*dv + c + i]), s[j], acc[i]);
                     }
                 }
                 for (int i = 0; i < 8; ++i) {
-                    _mm512_store_ps(oT[h][c + i], acc[i]);
+                    _mm512_store_ps(oT + (h*dv + c + i)*16, acc[i]);
                 }
             }
         }
@@ -321,7 +322,7 @@ BITNET_INLINE void bitnet_attn_prompt(const int NH, int np, int dk, int dv, int6
         for (int p = 0; p < np; ++p) {
             float * o = (float *) (out + h*ohead + p*opos);
             for (int c = 0; c < dv; ++c) {
-                o[c] = oT[h][c][p]*invs[p];
+                o[c] = oT[(h*dv + c)*16 + p]*invs[p];
             }
         }
     }
@@ -330,22 +331,24 @@ BITNET_INLINE void bitnet_attn_prompt(const int NH, int np, int dk, int dv, int6
 #define BITNET_ATTN_PROMPT(NH)                                                                                         \
     static void bitnet_attn_prompt_##NH(int np, int dk, int dv, int64_t nk, const float * q, size_t qpos, size_t qhead, \
                                         float scale, const char * k, size_t kstride, const char * v, size_t vstride,   \
-                                        const char * mask, size_t mpos, char * out, size_t opos, size_t ohead) {          \
+                                        const char * mask, size_t mpos, char * out, size_t opos, size_t ohead,         \
+                                        float * work) {                                                                \
         bitnet_attn_prompt(NH, np, dk, dv, nk, q, qpos, qhead, scale, k, kstride, v, vstride, mask, mpos, out, opos,   \
-                           ohead);                                                                                     \
+                           ohead, work);                                                                               \
     }
 BITNET_ATTN_PROMPT(1) BITNET_ATTN_PROMPT(2) BITNET_ATTN_PROMPT(3) BITNET_ATTN_PROMPT(4)
 
 void ggml_bitnet_attn_f16_prompt(int nh, int np, int dk, int dv, int64_t nk, const float * q, size_t qpos, size_t qhead,
                                  float scale, const void * k, size_t kstride, const void * v, size_t vstride,
-                                 const ggml_fp16_t * mask, size_t mpos, float * out, size_t opos, size_t ohead) {
+                                 const ggml_fp16_t * mask, size_t mpos, float * out, size_t opos, size_t ohead,
+                                 float * work) {
     static void (* const heads[5])(int, int, int, int64_t, const float *, size_t, size_t, float, const char *, size_t,
-                                   const char *, size_t, const char *, size_t, char *, size_t, size_t) = {
+                                   const char *, size_t, const char *, size_t, char *, size_t, size_t, float *) = {
         NULL, bitnet_attn_prompt_1, bitnet_attn_prompt_2, bitnet_attn_prompt_3, bitnet_attn_prompt_4,
     };
     GGML_ASSERT(nh >= 1 && nh <= 4 && np >= 1 && np <= BITNET_ATTN_QP && dk % 16 == 0 && dk <= GGML_BITNET_ATTN_MAX_D &&
-                dv % 64 == 0 && dv <= GGML_BITNET_ATTN_MAX_D);
+                dv % 64 == 0 && dv <= GGML_BITNET_ATTN_MAX_D && ((uintptr_t) work) % 64 == 0);
     heads[nh](np, dk, dv, nk, q, qpos, qhead, scale, (const char *) k, kstride, (const char *) v, vstride,
-              (const char *) mask, mpos, (char *) out, opos, ohead);
+              (const char *) mask, mpos, (char *) out, opos, ohead, work);
 }
 #endif
