@@ -158,7 +158,7 @@ def test_llama_quantize_writes_what_our_numpy_writes(tools, tmp_path, name):
     assert name.upper() in llm._model.desc() and "guessed" not in llm._model.desc()
 
 
-def test_bitnet_cpp_tl_files_are_refused_with_a_clear_error(tmp_path):
+def test_bitnet_cpp_tl_files_are_refused_with_a_clear_error(tools, tmp_path):
     """bitnet.cpp's TL2 files say file type 39 (and use ggml type 39, MXFP4 here): the engine
     refuses them in its own words (a whole model, so that nothing else stops the load first), and
     load() says the same."""
@@ -176,6 +176,9 @@ def test_bitnet_cpp_tl_files_are_refused_with_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-c", f"from bitnet_tools import load; load({str(path)!r}, n_ctx=64)"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "bitnet.cpp TL2 file" in r.stderr and "--outtype tl2" in r.stderr, r.stderr[-2000:]
+    r = run([tools / "llama-completion", "-m", path, "-p", "a", "-n", "1", "-no-cnv"], timeout=120)
+    said = r.stdout + r.stderr
+    assert r.returncode != 0 and "bitnet.cpp TL2 file" in said and "--outtype tl2" in said, said[-2000:]
 
 
 def _with_tensor_type(path, name: str, n: int, type_id: int) -> None:

@@ -156,7 +156,6 @@ static void check_positive_float(llama_model_loader & ml, llm_kv kid) {
     }
 }
 
-// the ggml types each tensor's role can take: the CPU backend aborts on the others mid-compute
 // bitnet.cpp's TL1/TL2 files (its file types 38/39, which are MXFP4_MOE/NVFP4 upstream: so only
 // in a BitNet model) hold weights arranged for kernels generated for one model; its tensor type
 // 39 is MXFP4 here, and such a file would load as garbage
@@ -164,13 +163,14 @@ static void check_not_bitnet_cpp_tl(llama_model_loader & ml) {
     uint32_t ftype = 0;
     if (ml.get_arch_name().rfind("bitnet", 0) == 0 && ml.get_key(LLM_KV_GENERAL_FILE_TYPE, ftype, false) &&
         (ftype == 38 || ftype == 39)) {
-        const char * kind = ftype == 38 ? "TL1" : "TL2";
+        const bool tl1 = ftype == 38;
         throw std::runtime_error(format("this is a bitnet.cpp %s file, tied to kernels generated for one model: convert "
-                                        "the checkpoint with 'bitnet convert --outtype %s' (or i2_s)", kind,
-                                        ftype == 38 ? "tl1" : "tl2"));
+                                        "the checkpoint with 'bitnet convert --outtype %s' (or i2_s)",
+                                        tl1 ? "TL1" : "TL2", tl1 ? "tl1" : "tl2"));
     }
 }
 
+// the ggml types each tensor's role can take: the CPU backend aborts on the others mid-compute
 static void check_tensor_types(llama_model_loader & ml) {
     ggml_type ours = GGML_TYPE_COUNT;
     std::string ours_name;
@@ -202,8 +202,8 @@ static void check_tensor_types(llama_model_loader & ml) {
         }
     }
 
-    uint32_t ftype = 0;
     // our file types name their ternary type
+    uint32_t ftype = 0;
     if (ours != GGML_TYPE_COUNT && ml.get_key(LLM_KV_GENERAL_FILE_TYPE, ftype, false)) {
         const ggml_type said = ftype == LLAMA_FTYPE_MOSTLY_I2_S ? GGML_TYPE_I2_S
                              : ftype == LLAMA_FTYPE_MOSTLY_TL1  ? GGML_TYPE_TL1
