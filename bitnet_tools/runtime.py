@@ -56,16 +56,15 @@ def check_model_file(path: Path) -> Path:
     return path
 
 
-# bitnet.cpp's TL1/TL2 files (its ggml types 38/39, file types 38/39) hold weights arranged for
-# kernels generated for one model; 39 is MXFP4 in ggml, so such a file would load as garbage
-BITNET_CPP_TL = {38: "TL1", 39: "TL2"}
 
 
 def diagnose_model_file(path: Path) -> None:
-    """Raises ModelError for a file that gguf-py reads as one we cannot run (bitnet.cpp's TL1/TL2
-    files, tensor types this build does not know, a damaged header); returns for any other. It
+    """Raises ModelError for a file that gguf-py reads as one we cannot run (tensor types this
+    build does not know, bitnet.cpp's TL1 among them; a damaged header); returns for any other. It
     parses the whole header (seconds for a 128K-token vocabulary), so it runs only after the engine
-    refused a file, to replace the engine's words (ggml's "invalid ggml type 38") with the cause."""
+    refused a file, to replace ggml's words ("invalid ggml type 38"), which come before our
+    validator's, with the cause. bitnet.cpp's TL2 files (file type 39, tensor type 39 = MXFP4 here)
+    read as valid GGUF: the engine's validator refuses those itself, in the same words."""
     import gguf
     from . import quants  # noqa: F401  (our type ids)
     from .gguf_adapter import UnknownTensorTypes
@@ -75,21 +74,15 @@ def diagnose_model_file(path: Path) -> None:
             fields = gguf.GGUFReader(path).fields
         except UnknownTensorTypes as e:
             fields, unknown = e.fields, e.type_ids
-        arch, ftype = fields.get("general.architecture"), fields.get("general.file_type")
-        # texts are decoded here: a damaged one (not UTF-8) fails inside the try
-        arch = str(arch.contents()) if arch is not None else ""
-        ftype = int(ftype.contents()) if ftype is not None else None
+        arch = fields.get("general.architecture")
+        if arch is not None:
+            arch.contents()  # decodes the text: a damaged one (not UTF-8) fails inside the try
     except Exception as e:  # a damaged file can break gguf-py's reader in many ways
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelError(f"{path} is not a readable GGUF file ({reason}): convert the checkpoint again") from None
-    kind = None
-    if ftype is not None and arch.startswith("bitnet"):
-        kind = BITNET_CPP_TL.get(ftype)
-    if kind is None and 38 in unknown:  # bitnet.cpp's TL1 tensor type, whatever the header says
-        kind = "TL1"
-    if kind is not None:
-        raise ModelError(f"{path} is a bitnet.cpp {kind} file, tied to kernels generated for one model: "
-                         f"convert the checkpoint with 'bitnet convert --outtype {kind.lower()}' (or i2_s)")
+    if 38 in unknown:  # bitnet.cpp's TL1 tensor type, whatever the header says
+        raise ModelError(f"{path} is a bitnet.cpp TL1 file, tied to kernels generated for one model: "
+                         f"convert the checkpoint with 'bitnet convert --outtype tl1' (or i2_s)")
     if unknown:
         raise ModelError(f"{path} holds tensors of ggml types {unknown}, which this build does not know: "
                          "convert the checkpoint with 'bitnet convert'")

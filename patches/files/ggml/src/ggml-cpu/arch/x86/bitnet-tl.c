@@ -235,8 +235,12 @@ static void tl_dec_tile16(int tl2, int nch, const uint8_t * GGML_RESTRICT x, con
 
 // AVX2: vpshufb looks up 16 entries per 128-bit half, so a tile is decoded in two halves of 8
 // rows. Lanes 0-31 (rows 0-7) are the low nibbles of a chunk's 32 code bytes, lanes 32-63 (rows
-// 8-15) the high nibbles, both in lane order 4i + j; TL2's codes 16-31 are a second lookup,
-// blended in by bit 4. vpmaddubsw multiplies trit + 1 (u8) by the broadcast activations (s8) and
+// 8-15) the high nibbles, both in lane order 4i + j. TL2's 5-bit code v = 9 d0 + 3 d1 + d2 (digit
+// d = trit + 1) does not fit one 16-entry lookup, but its digits come from two with the nibble n and
+// bit 4 b (v = n + 16 b): with i = n + b, d2 = i mod 3 and q = 3 d0 + d1 = i div 3 + 5 b (16 = 15 + 1),
+// then d0 = q div 3 and d1 = q mod 3. That is 4 vpshufb from two tables and 3 byte operations
+// per half, where a lookup of codes 0-15 and 16-31 blended by bit 4 took 6 vpshufb and 3 blends.
+// (Codes 27-31 are never written; here they decode to arbitrary weights.) vpmaddubsw multiplies trit + 1 (u8) by the broadcast activations (s8) and
 // adds lanes 4i + {0, 1} and 4i + {2, 3} in int16: at most 2 * 2 * 128 per trit position, 1536
 // per TL2 chunk, so TL_DEC_RUN chunks sum in int16 before vpmaddwd widens them to a row's int32.
 #define TL_DEC_RUN    16  // 16 * 1536 < 32768
@@ -271,6 +275,9 @@ static void tl_split_acts(int gw, const int8_t * GGML_RESTRICT q, int n, int nch
 // Inline asm (GCC kept the broadcast activations on the stack and spilled the int16 sums, 10 to
 // 40 % slower). ymm0-7 the columns' int16 sums, 8-10 the decoded trits, 11 the nibbles, 12 the
 // bit-4 mask, 13-15 products; a run of chunks per asm statement, then its sums are widened into acc.
+static const uint8_t tla_mod3[32] = { 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0 };
+static const uint8_t tla_div3[32] = { 0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5 };
+static const uint8_t tla_five[32] = { 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5 };
 static const uint8_t tla_sel[32] = { 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3 };
 static const uint8_t tla_bit[32] = { 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128,
                                      1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128 };
@@ -287,20 +294,26 @@ static const uint8_t tla_bit[32] = { 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16
     "vmovdqu    (%[x]), %%ymm11\n\t"                                                                                      \
     "vpsrlw     $%c[shc], %%ymm11, %%ymm11\n\t"                                                                             \
     "vpand      %[m0f], %%ymm11, %%ymm11\n\t"
-// trit position at table offset O into ymmW: codes 0-15 and 16-31 looked up, blended by bit 4 (ymm12)
-#define TLA_TRIT3(O, W)                                                                                                    \
-    "vbroadcasti128 " #O "(%[tab]), %%ymm13\n\t"                                                                           \
-    "vbroadcasti128 " #O "+16(%[tab]), %%ymm14\n\t"                                                                        \
-    "vpshufb    %%ymm11, %%ymm13, %%ymm13\n\t"                                                                            \
-    "vpshufb    %%ymm11, %%ymm14, %%ymm14\n\t"                                                                            \
-    "vpblendvb  %%ymm12, %%ymm14, %%ymm13, %%ymm" #W "\n\t"
+// TL2's digits from the nibbles N and the bit-4 mask M (0 or -1), with the tables i mod 3 and
+// i div 3 in T3 and D3: i = N - M, d2 = T3[i], q = D3[i] + (M & 5), d0 = D3[q], d1 = T3[q].
+// Q, D0, D1, D2 name the registers that receive q and the digits (Q may be D1; D2 may be N).
+#define TLA_DIGITS(N, M, T3, D3, Q, D0, D1, D2)                                                                            \
+    "vpsubb     %%ymm" #M ", %%ymm" #N ", %%ymm" #N "\n\t"                                                                 \
+    "vpand      %[five], %%ymm" #M ", %%ymm" #M "\n\t"                                                                    \
+    "vpshufb    %%ymm" #N ", %%ymm" #D3 ", %%ymm" #Q "\n\t"                                                               \
+    "vpshufb    %%ymm" #N ", %%ymm" #T3 ", %%ymm" #D2 "\n\t"                                                              \
+    "vpaddb     %%ymm" #M ", %%ymm" #Q ", %%ymm" #Q "\n\t"                                                                \
+    "vpshufb    %%ymm" #Q ", %%ymm" #D3 ", %%ymm" #D0 "\n\t"                                                              \
+    "vpshufb    %%ymm" #Q ", %%ymm" #T3 ", %%ymm" #D1 "\n\t"
 #define TLA_DEC3                                                                                                           \
     TLA_NIB                                                                                                                \
     "vpbroadcastd 32(%[x],%[h4]), %%ymm12\n\t"                                                                            \
     "vpshufb    %[sel], %%ymm12, %%ymm12\n\t"                                                                             \
     "vpand      %[bit], %%ymm12, %%ymm12\n\t"                                                                             \
     "vpcmpeqb   %[bit], %%ymm12, %%ymm12\n\t"                                                                             \
-    TLA_TRIT3(0, 8) TLA_TRIT3(64, 9) TLA_TRIT3(128, 10)
+    "vmovdqu    %[mod3], %%ymm13\n\t"                                                                                     \
+    "vmovdqu    %[div3], %%ymm14\n\t"                                                                                     \
+    TLA_DIGITS(11, 12, 13, 14, 9, 8, 9, 10)
 #define TLA_DEC2                                                                                                           \
     TLA_NIB                                                                                                                \
     "vbroadcasti128 (%[tab]), %%ymm8\n\t"                                                                                 \
@@ -340,7 +353,8 @@ static const uint8_t tla_bit[32] = { 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16
         LIST(TLA_FLUSH)                                                                                                    \
         : [x] "+r" (xr), [a] "+r" (ar), [cnt] "+r" (cnt)                                                                   \
         : [cs] "r" (cs), [tab] "r" (tab->t), [h4] "r" (h4), [pfd] "r" (pfd), [acc] "r" (acc), [shc] "i" (4*h),              \
-          [m0f] "m" (m0f), [sel] "m" (*(const __m256i *) tla_sel), [bit] "m" (*(const __m256i *) tla_bit), [ones] "m" (ones) \
+          [m0f] "m" (m0f), [sel] "m" (*(const __m256i *) tla_sel), [bit] "m" (*(const __m256i *) tla_bit), [ones] "m" (ones), \
+          [five] "m" (*(const __m256i *) tla_five), [mod3] "m" (*(const __m256i *) tla_mod3), [div3] "m" (*(const __m256i *) tla_div3) \
         : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",        \
           "xmm11", "xmm12", "xmm13", "xmm14", "xmm15")
 
@@ -384,34 +398,31 @@ BITNET_INLINE void tl_dec_half_asm(int nch, const uint8_t * GGML_RESTRICT x, con
 }
 
 // One column (token generation), rows 0-15 in one pass: the tables stay in registers, each
-// chunk's codes and activations are loaded once. ymm0/1 the int16 sums of rows 0-7 / 8-15,
-// 2-7 the tables (trit position p: codes 0-15, 16-31), 8/9 the nibbles of the two halves,
-// 10/11 their bit-4 masks, 12 the broadcast activations, 13-15 products.
-#define TLA1_POS3(P, LO, HI)                                                                                               \
+// chunk's codes and activations are loaded once. ymm0/1 the int16 sums of rows 0-7 / 8-15, ymm2/3
+// the two tables (TL2: i mod 3, i div 3; TL1: trit positions 0, 1), 8/9 the nibbles of the two
+// halves, 10/11 their bit-4 masks, 12 the broadcast activations, 4-7 and 13-15 digits and products.
+#define TLA1_DOT(P, H0, H1)                                                                                                \
     "vpbroadcastd " #P "*4(%[a]), %%ymm12\n\t"                                                                             \
-    "vpshufb    %%ymm8, %%ymm" #LO ", %%ymm13\n\t"                                                                        \
-    "vpshufb    %%ymm8, %%ymm" #HI ", %%ymm14\n\t"                                                                        \
-    "vpblendvb  %%ymm10, %%ymm14, %%ymm13, %%ymm13\n\t"                                                                   \
-    "vpmaddubsw %%ymm12, %%ymm13, %%ymm13\n\t"                                                                            \
+    "vpmaddubsw %%ymm12, %%ymm" #H0 ", %%ymm13\n\t"                                                                       \
     "vpaddw     %%ymm13, %%ymm0, %%ymm0\n\t"                                                                              \
-    "vpshufb    %%ymm9, %%ymm" #LO ", %%ymm14\n\t"                                                                        \
-    "vpshufb    %%ymm9, %%ymm" #HI ", %%ymm15\n\t"                                                                        \
-    "vpblendvb  %%ymm11, %%ymm15, %%ymm14, %%ymm14\n\t"                                                                   \
-    "vpmaddubsw %%ymm12, %%ymm14, %%ymm14\n\t"                                                                            \
-    "vpaddw     %%ymm14, %%ymm1, %%ymm1\n\t"
-#define TLA1_POS2(P, T)                                                                                                    \
-    "vpbroadcastd " #P "*4(%[a]), %%ymm12\n\t"                                                                             \
-    "vpshufb    %%ymm8, %%ymm" #T ", %%ymm13\n\t"                                                                         \
-    "vpmaddubsw %%ymm12, %%ymm13, %%ymm13\n\t"                                                                            \
-    "vpaddw     %%ymm13, %%ymm0, %%ymm0\n\t"                                                                              \
-    "vpshufb    %%ymm9, %%ymm" #T ", %%ymm14\n\t"                                                                         \
-    "vpmaddubsw %%ymm12, %%ymm14, %%ymm14\n\t"                                                                            \
+    "vpmaddubsw %%ymm12, %%ymm" #H1 ", %%ymm14\n\t"                                                                       \
     "vpaddw     %%ymm14, %%ymm1, %%ymm1\n\t"
 #define TLA1_MASK(OFF, M)                                                                                                  \
     "vpbroadcastd " #OFF "(%[x]), %%ymm" #M "\n\t"                                                                         \
     "vpshufb    %[sel], %%ymm" #M ", %%ymm" #M "\n\t"                                                                     \
     "vpand      %[bit], %%ymm" #M ", %%ymm" #M "\n\t"                                                                     \
     "vpcmpeqb   %[bit], %%ymm" #M ", %%ymm" #M "\n\t"
+// TL2: half 0's digits in ymm6, 5, 8, half 1's in ymm10, 7, 9 (its mask register is free by then)
+#define TLA1_TL2                                                                                                           \
+    TLA1_MASK(32, 10) TLA1_MASK(36, 11)                                                                                    \
+    TLA_DIGITS(8, 10, 2, 3, 5, 6, 5, 8) TLA_DIGITS(9, 11, 2, 3, 7, 10, 7, 9)                                               \
+    TLA1_DOT(0, 6, 10) TLA1_DOT(1, 5, 7) TLA1_DOT(2, 8, 9)
+#define TLA1_TL1                                                                                                           \
+    "vpshufb    %%ymm8, %%ymm2, %%ymm4\n\t"                                                                               \
+    "vpshufb    %%ymm9, %%ymm2, %%ymm5\n\t"                                                                               \
+    "vpshufb    %%ymm8, %%ymm3, %%ymm6\n\t"                                                                               \
+    "vpshufb    %%ymm9, %%ymm3, %%ymm7\n\t"                                                                               \
+    TLA1_DOT(0, 4, 5) TLA1_DOT(1, 6, 7)
 #define TLA1_RUN(BODY, XB)                                                                                             \
     __asm__ volatile(                                                                                                      \
         "vpxor      %%ymm0, %%ymm0, %%ymm0\n\t"                                                                           \
@@ -435,10 +446,11 @@ BITNET_INLINE void tl_dec_half_asm(int nch, const uint8_t * GGML_RESTRICT x, con
         "vpaddd     32(%[acc]), %%ymm1, %%ymm1\n\t"                                                                       \
         "vmovdqu    %%ymm1, 32(%[acc])\n\t"                                                                               \
         : [x] "+r" (xr), [a] "+r" (ar), [cnt] "+r" (cnt)                                                                   \
-        : [cs] "r" (cs), [pfd] "r" (pfd), [acc] "r" (acc), [m0f] "m" (m0f), [sel] "m" (*(const __m256i *) tla_sel),                     \
-          [bit] "m" (*(const __m256i *) tla_bit), [ones] "m" (ones),                                                       \
-          "v" (t0), "v" (t1), "v" (t2), "v" (t3), "v" (t4), "v" (t5)                                                       \
-        : "cc", "memory", "xmm0", "xmm1", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15")
+        : [cs] "r" (cs), [pfd] "r" (pfd), [acc] "r" (acc), [m0f] "m" (m0f), [sel] "m" (*(const __m256i *) tla_sel),      \
+          [bit] "m" (*(const __m256i *) tla_bit), [ones] "m" (ones), [five] "m" (*(const __m256i *) tla_five),            \
+          "v" (t0), "v" (t1)                                                                                               \
+        : "cc", "memory", "xmm0", "xmm1", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12",      \
+          "xmm13", "xmm14", "xmm15")
 
 static void tl_dec_tile1_asm(int nch, const uint8_t * GGML_RESTRICT x, const tl_dec_tables_t * tab, const int8_t * GGML_RESTRICT a,
                              size_t cs, const float * d, const int32_t * sum, float wscale, float * GGML_RESTRICT s, const int tl2) {
@@ -447,21 +459,21 @@ static void tl_dec_tile1_asm(int nch, const uint8_t * GGML_RESTRICT x, const tl_
     const __m256i ones    = _mm256_set1_epi16(1);
     const size_t  pfd     = TL_PF_CHUNKS*chunk_b;
     __m256i acc[2] = { _mm256_setzero_si256(), _mm256_setzero_si256() };
-    // the tables in ymm2-7 (TL1: 2 and 4), bound to registers so that the asm below may name them
-    register __m256i t0 __asm__("ymm2") = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tab->t[0]));
-    register __m256i t1 __asm__("ymm3") = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) (tab->t[0] + 16)));
-    register __m256i t2 __asm__("ymm4") = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tab->t[1]));
-    register __m256i t3 __asm__("ymm5") = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) (tab->t[1] + 16)));
-    register __m256i t4 __asm__("ymm6") = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tab->t[2]));
-    register __m256i t5 __asm__("ymm7") = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) (tab->t[2] + 16)));
+    // the tables in ymm2/3, bound to registers so that the asm below may name them
+    register __m256i t0 __asm__("ymm2") = _mm256_loadu_si256((const __m256i *) tla_mod3);
+    register __m256i t1 __asm__("ymm3") = _mm256_loadu_si256((const __m256i *) tla_div3);
+    if (!tl2) {
+        t0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tab->t[0]));
+        t1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tab->t[1]));
+    }
     for (int ch0 = 0; ch0 < nch; ch0 += TL_DEC_RUN) {
         const uint8_t * xr  = x + ch0*chunk_b;
         const int8_t  * ar  = a + ch0*cs;
         size_t          cnt = (size_t) (nch - ch0 < TL_DEC_RUN ? nch - ch0 : TL_DEC_RUN);
         if (tl2) {
-            TLA1_RUN(TLA1_MASK(32, 10) TLA1_MASK(36, 11) TLA1_POS3(0, 2, 3) TLA1_POS3(1, 4, 5) TLA1_POS3(2, 6, 7), 40);
+            TLA1_RUN(TLA1_TL2, 40);
         } else {
-            TLA1_RUN(TLA1_POS2(0, 2) TLA1_POS2(1, 4), 32);
+            TLA1_RUN(TLA1_TL1, 32);
         }
     }
     const __m256 ws = _mm256_set1_ps(wscale);
