@@ -126,7 +126,8 @@ def test_backend_ops_attention(tools):
     """Attention over F16 caches: where the CPU has AVX-512, our kernels against ggml's reference.
     A decode step (the query heads of a KV head together, 16 cache rows a block): the 2B-4T heads
     in 16 sequences, 1 and 3 query positions. A prompt (16 positions a block, one per lane): 64,
-    77 and 100 positions in one or two sequences. Both over the edges around them (partial
+    77 and 100 positions in one or two sequences, and short ones (11-33 positions) whose last
+    block of fewer than 11 goes to the few-query kernel. All over the edges around them (partial
     blocks, a group of 4 heads and one of 1, no mask, permuted tensors)."""
     lib = next(tools.glob("libggml-cpu.so.*.*"))
     flags = open("/proc/cpuinfo").read().split()
@@ -138,6 +139,7 @@ def test_backend_ops_attention(tools):
     passed = [line for line in r.stdout.splitlines() if "FLASH_ATTN_EXT(" in line and "OK" in line]
     assert sum(",nb=1," in line or ",nb=3," in line for line in passed) >= 49
     assert sum(any(f",nb={n}," in line for n in (64, 77, 100)) for line in passed) >= 50
+    assert sum(any(f",nb={n}," in line for n in (11, 12, 20, 27, 33)) for line in passed) >= 20
 
 
 # ---------------------------------------------------------------- a file made byte by byte

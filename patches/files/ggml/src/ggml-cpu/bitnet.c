@@ -394,7 +394,36 @@ bool ggml_bitnet_mul_mat_q6_k(const struct ggml_compute_params * params, struct 
 
 // ---------------------------------------------------------------- attention: few queries, a prompt
 
-#define BITNET_ATTN_PROMPT_Q 64  // from this many query positions on, the prompt kernel
+// A block of 16 query positions takes the prompt kernel when it holds at least this many: its
+// cost is nearly that of a full block, where the few-query kernel's grows with each position
+// (test-backend-ops perf, 2B-4T heads, 512 and 2048 cache rows: even at 10-11 positions on Zen 4)
+#define BITNET_ATTN_PROMPT_MIN 11
+
+#if defined(GGML_BITNET_ATTN_F16)
+// the few-query kernel: query position iq1 of sequence iq3, heads h0 .. h0 + nr - 1 (of KV head ik2)
+static void bitnet_attn_position(const struct ggml_tensor * dst, int64_t iq1, int64_t h0, int nr, int64_t ik2, int64_t iq3,
+                                 float scale) {
+    const struct ggml_tensor * q    = dst->src[0];
+    const struct ggml_tensor * k    = dst->src[1];
+    const struct ggml_tensor * v    = dst->src[2];
+    const struct ggml_tensor * mask = dst->src[3];
+    const int64_t rk3 = q->ne[3]/k->ne[3];
+    const float       * qp[4];
+    const ggml_fp16_t * mp[4];
+    float             * op[4];
+    for (int r = 0; r < nr; ++r) {
+        const int64_t h = h0 + r;
+        qp[r] = (const float *) ((const char *) q->data + iq1*q->nb[1] + h*q->nb[2] + iq3*q->nb[3]);
+        mp[r] = mask ? (const ggml_fp16_t *) ((const char *) mask->data + iq1*mask->nb[1] + (h % mask->ne[2])*mask->nb[2] +
+                                              (iq3 % mask->ne[3])*mask->nb[3]) : NULL;
+        // dst is [dv, heads, queries, sequences], rows nb[1] apart (as ggml writes it)
+        op[r] = (float *) ((char *) dst->data + (iq3*dst->ne[2]*dst->ne[1] + h + iq1*dst->ne[1])*dst->nb[1]);
+    }
+    const char * kp = (const char *) k->data + ik2*k->nb[2] + (iq3/rk3)*k->nb[3];
+    const char * vp = (const char *) v->data + ik2*v->nb[2] + (iq3/rk3)*v->nb[3];
+    ggml_bitnet_attn_f16(nr, (int) k->ne[0], (int) v->ne[0], k->ne[1], qp, scale, kp, k->nb[1], vp, v->nb[1], mask ? mp : NULL, op);
+}
+#endif
 
 bool ggml_bitnet_flash_attn_ext(const struct ggml_compute_params * params, struct ggml_tensor * dst) {
 #if defined(GGML_BITNET_ATTN_F16)
@@ -420,14 +449,11 @@ bool ggml_bitnet_flash_attn_ext(const struct ggml_compute_params * params, struc
     const int64_t rk2  = q->ne[2]/nkh;       // query heads per KV head
     const int64_t rk3  = q->ne[3]/k->ne[3];
     const int64_t nsub = (rk2 + 3)/4;        // groups of up to 4 of them
-    if (nq >= BITNET_ATTN_PROMPT_Q) {
-        // each thread's scratch: its share of the op's work buffer (ggml plans one for its own
-        // tiled path, larger than ours), from a 64-byte boundary
-        const size_t share = params->wsize/params->nth;
-        if ((mask && mask->ne[2] != 1) ||    // the prompt kernel takes one mask for all heads
-            share < GGML_BITNET_ATTN_PROMPT_WORK(dk, dv)*sizeof(float) + 64) {
-            return false;
-        }
+    // each thread's scratch for the prompt kernel: its share of the op's work buffer (ggml plans
+    // one for its own tiled path, larger than ours), from a 64-byte boundary
+    const size_t share = params->wsize/params->nth;
+    if (nq >= BITNET_ATTN_PROMPT_MIN && (!mask || mask->ne[2] == 1) &&  // the prompt kernel takes one mask for all heads
+        share >= GGML_BITNET_ATTN_PROMPT_WORK(dk, dv)*sizeof(float) + 64) {
         float * work = (float *) (((uintptr_t) params->wdata + params->ith*share + 63) & ~(uintptr_t) 63);
         const int64_t nblk = (nq + 15)/16;   // blocks of 16 positions
         const int64_t per  = nsub*nkh*q->ne[3];
@@ -443,7 +469,15 @@ bool ggml_bitnet_flash_attn_ext(const struct ggml_compute_params * params, struc
             const int64_t ik2 = (it/nsub) % nkh;
             const int64_t iq3 = it/nsub/nkh % q->ne[3];
             const int64_t h0  = ik2*rk2 + 4*sub;
-            ggml_bitnet_attn_f16_prompt((int) MIN(4, rk2 - 4*sub), (int) MIN(16, nq - p0), (int) dk, (int) dv, k->ne[1],
+            const int     nh  = (int) MIN(4, rk2 - 4*sub);
+            const int     np  = (int) MIN(16, nq - p0);
+            if (np < BITNET_ATTN_PROMPT_MIN) {  // the prompt's last few positions
+                for (int64_t iq1 = p0; iq1 < p0 + np; ++iq1) {
+                    bitnet_attn_position(dst, iq1, h0, nh, ik2, iq3, scale);
+                }
+                continue;
+            }
+            ggml_bitnet_attn_f16_prompt(nh, np, (int) dk, (int) dv, k->ne[1],
                 (const float *) ((const char *) q->data + p0*q->nb[1] + h0*q->nb[2] + iq3*q->nb[3]), q->nb[1], q->nb[2], scale,
                 (const char *) k->data + ik2*k->nb[2] + (iq3/rk3)*k->nb[3], k->nb[1],
                 (const char *) v->data + ik2*v->nb[2] + (iq3/rk3)*v->nb[3], v->nb[1],
@@ -455,29 +489,14 @@ bool ggml_bitnet_flash_attn_ext(const struct ggml_compute_params * params, struc
         }
         return true;
     }
-    const int64_t n    = nq*nkh*nsub*q->ne[3];
     // one item: one query position of one sequence, up to 4 heads of one KV head
+    const int64_t n = nq*nkh*nsub*q->ne[3];
     for (int64_t it = params->ith; it < n; it += params->nth) {
         const int64_t iq1 = it % nq;
         const int64_t sub = (it/nq) % nsub;
         const int64_t ik2 = (it/nq/nsub) % nkh;
         const int64_t iq3 = it/nq/nsub/nkh;
-        const int64_t h0  = ik2*rk2 + 4*sub;
-        const int     nr  = (int) MIN(4, rk2 - 4*sub);
-        const float       * qp[4];
-        const ggml_fp16_t * mp[4];
-        float             * op[4];
-        for (int r = 0; r < nr; ++r) {
-            const int64_t h = h0 + r;
-            qp[r] = (const float *) ((const char *) q->data + iq1*q->nb[1] + h*q->nb[2] + iq3*q->nb[3]);
-            mp[r] = mask ? (const ggml_fp16_t *) ((const char *) mask->data + iq1*mask->nb[1] + (h % mask->ne[2])*mask->nb[2] +
-                                                  (iq3 % mask->ne[3])*mask->nb[3]) : NULL;
-            // dst is [dv, heads, queries, sequences], rows nb[1] apart (as ggml writes it)
-            op[r] = (float *) ((char *) dst->data + (iq3*dst->ne[2]*dst->ne[1] + h + iq1*dst->ne[1])*dst->nb[1]);
-        }
-        const char * kp = (const char *) k->data + ik2*k->nb[2] + (iq3/rk3)*k->nb[3];
-        const char * vp = (const char *) v->data + ik2*v->nb[2] + (iq3/rk3)*v->nb[3];
-        ggml_bitnet_attn_f16(nr, (int) dk, (int) dv, k->ne[1], qp, scale, kp, k->nb[1], vp, v->nb[1], mask ? mp : NULL, op);
+        bitnet_attn_position(dst, iq1, ik2*rk2 + 4*sub, (int) MIN(4, rk2 - 4*sub), ik2, iq3, scale);
     }
     return true;
 #else

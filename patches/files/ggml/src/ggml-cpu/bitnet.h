@@ -81,8 +81,8 @@ bool ggml_bitnet_mul_mat_q6_k(const struct ggml_compute_params * params, struct 
 void ggml_gemm_q6_k_q8_k(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
                          const void * GGML_RESTRICT vy, size_t by, int nr, int nc);
 
-// FLASH_ATTN_EXT with fewer than 64 queries (ggml's tiled path takes more) over an F16 cache,
-// where this architecture has a kernel (a server's decode step, a prompt): computes the op and returns
+// FLASH_ATTN_EXT over an F16 cache, where this architecture has a kernel (a server's decode
+// step, a prompt of any length): computes the op and returns
 // true; false leaves it to ggml (other types and options -- ALiBi, soft-capping, sinks -- and
 // --use-ref).
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__AVX512F__) && defined(__AVX512DQ__) && \

@@ -1,9 +1,10 @@
 // bitnet-tools: attention over an F16 KV cache (AVX-512): of a few query positions (a server's
-// batched decode step) and of a prompt (64 positions or more). Reference: ggml's
+// batched decode step, a prompt's last few) and of a prompt, 16 positions a block (a block of 11
+// or more; ggml_bitnet_flash_attn_ext chooses). Reference: ggml's
 // ggml_compute_forward_flash_attn_ext_f16_one_chunk (../../ops.cpp), which test-backend-ops runs
 // beside this kernel; the driver is ggml_bitnet_flash_attn_ext in ../../bitnet.c.
 //
-// ggml's path for fewer than 64 queries walks the cache one row at a time for each query head:
+// ggml's path for a few queries walks the cache one row at a time for each query head:
 // an F16 dot product, a scalar exp and an F16 multiply-add into an F16 accumulator per row, and
 // with grouped-query attention every KV head is read once per query head that shares it. Here
 // the query heads of one KV head go together: each block of 16 cache rows is converted to F32
