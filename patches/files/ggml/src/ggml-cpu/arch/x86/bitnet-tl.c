@@ -32,7 +32,8 @@
 
 #define TL_DEC_MAX_COLS 160  // columns split at once (their d and sum(q) on the stack)
 
-// code -> trit p + 1 of TL1 / TL2 (one vpermb table per p; AVX2 uses entries 0-15 and 16-31),
+// code -> trit p + 1 of TL1 / TL2 (one vpermb table per p; AVX2 uses TL1's entries 0-15 and
+// decodes TL2 with tla_mod3 / tla_div3 below),
 // unused codes as zero weights
 typedef struct {
     uint8_t t[3][64];
@@ -235,14 +236,15 @@ static void tl_dec_tile16(int tl2, int nch, const uint8_t * GGML_RESTRICT x, con
 
 // AVX2: vpshufb looks up 16 entries per 128-bit half, so a tile is decoded in two halves of 8
 // rows. Lanes 0-31 (rows 0-7) are the low nibbles of a chunk's 32 code bytes, lanes 32-63 (rows
-// 8-15) the high nibbles, both in lane order 4i + j. TL2's 5-bit code v = 9 d0 + 3 d1 + d2 (digit
-// d = trit + 1) does not fit one 16-entry lookup, but its digits come from two with the nibble n and
-// bit 4 b (v = n + 16 b): with i = n + b, d2 = i mod 3 and q = 3 d0 + d1 = i div 3 + 5 b (16 = 15 + 1),
-// then d0 = q div 3 and d1 = q mod 3. That is 4 vpshufb from two tables and 3 byte operations
-// per half, where a lookup of codes 0-15 and 16-31 blended by bit 4 took 6 vpshufb and 3 blends.
-// (Codes 27-31 are never written; here they decode to arbitrary weights.) vpmaddubsw multiplies trit + 1 (u8) by the broadcast activations (s8) and
-// adds lanes 4i + {0, 1} and 4i + {2, 3} in int16: at most 2 * 2 * 128 per trit position, 1536
-// per TL2 chunk, so TL_DEC_RUN chunks sum in int16 before vpmaddwd widens them to a row's int32.
+// 8-15) the high nibbles, both in lane order 4i + j. TL2's 5-bit code v = 9 d0 + 3 d1 + d2
+// (digit d = trit + 1) does not fit one 16-entry lookup, but its digits come from two, with the
+// nibble n and bit 4 b (v = n + 16 b): with i = n + b, d2 = i mod 3 and q = 3 d0 + d1 =
+// i div 3 + 5 b (16 = 15 + 1), then d0 = q div 3 and d1 = q mod 3. That is 4 vpshufb from two
+// tables and 3 byte operations per half, where a lookup of codes 0-15 and 16-31 blended by bit 4
+// took 6 vpshufb and 3 blends. (Codes 27-31 are never written; here they decode to arbitrary
+// weights.) vpmaddubsw multiplies trit + 1 (u8) by the broadcast activations (s8) and adds lanes
+// 4i + {0, 1} and 4i + {2, 3} in int16: at most 2 * 2 * 128 per trit position, 1536 per TL2
+// chunk, so TL_DEC_RUN chunks sum in int16 before vpmaddwd widens them to a row's int32.
 #define TL_DEC_RUN    16  // 16 * 1536 < 32768
 #define TL_PF_CHUNKS  32  // one column: chunks fetched ahead of use
 
