@@ -56,8 +56,6 @@ def check_model_file(path: Path) -> Path:
     return path
 
 
-
-
 def diagnose_model_file(path: Path) -> None:
     """Raises ModelError for a file that gguf-py reads as one we cannot run (tensor types this
     build does not know, bitnet.cpp's TL1 among them; a damaged header); returns for any other. It
