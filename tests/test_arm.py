@@ -204,7 +204,7 @@ def _logits(cmd_prefix: list, path, out, n_vocab, *opts) -> np.ndarray:
 
 @pytest.mark.slow
 @needs_arm
-@pytest.mark.parametrize("qtype", ["i2_s", "tl1"])
+@pytest.mark.parametrize("qtype", ["i2_s", "tl1", "tl2"])
 def test_logits_match_native_and_reference(arm_bin, native_bin, tmp_path, qtype):
     """A tiny model through bitnet-logits, all tokens in one batch (GEMM kernels) and one token
     at a time (GEMV kernels), on aarch64 and natively.
@@ -222,7 +222,7 @@ def test_logits_match_native_and_reference(arm_bin, native_bin, tmp_path, qtype)
     if qtype == "i2_s":
         _write_i2_s(path, shape, weights)
     else:
-        _write_tl(path, shape, weights, SCALE, T.TL1)
+        _write_tl(path, shape, weights, SCALE, T.TL1 if qtype == "tl1" else T.TL2)  # TL2: held as I2_S on aarch64
     ref = _reference_logits(shape, weights, SCALE, TOKENS)
     atol_ref = 1e-5 * np.abs(ref).max()
     atol = 2e-6 * np.abs(ref).max()

@@ -12,7 +12,7 @@ import pytest
 from gguf.constants import GGMLQuantizationType as T
 
 from bitnet_tools import dummy
-from bitnet_tools.quants import TL1, TL2, i2_s
+from bitnet_tools.quants import I2_S, TL1, TL2, i2_s
 from bitnet_tools.writer import PendingTensor, write_gguf
 
 from conftest import ALL_COLUMNS, mul_mat_columns, run
@@ -55,6 +55,64 @@ def test_numpy_tl_is_bit_identical_to_c(tl_lib, name):
         back = np.zeros((m, k), dtype=np.float32)
         tl_lib.dequantize_tl(int(qtype), mine.ctypes.data, back.ctypes.data, m, k)
         assert back.tobytes() == cls.dequantize_tensor(mine, (m, k)).tobytes()
+
+
+@pytest.mark.parametrize("name", ["tl1", "tl2"])
+def test_tl_to_i2_s_gives_what_i2_s_writes_for_the_same_weights(tl_lib, name):
+    """ggml_tl_to_i2_s (what a CPU without a fast TL2 kernel holds in memory instead of the
+    file's codes) against our numpy I2_S writer: byte for byte, the tail's scale included."""
+    cls, qtype = CLASSES[name]
+    tl_lib.ggml_tl_to_i2_s.restype = None
+    tl_lib.ggml_tl_to_i2_s.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+
+    def converted(tl: np.ndarray, shape) -> bytes:
+        out = np.full(i2_s.nbytes(shape), 0xA5, dtype=np.uint8)  # every byte must be written
+        tl_lib.ggml_tl_to_i2_s(int(qtype), tl.ctypes.data, out.ctypes.data, shape[1], shape[0])
+        return out.tobytes()
+
+    for x in _cases(np.random.default_rng(12)):
+        assert converted(cls.quantize(x), x.shape) == I2_S.quantize(x).tobytes(), (name, x.shape)
+    # a code no writer produces (TL1 9-15, TL2 27-31) is zero weights, as in the reference kernel
+    zeros = np.zeros((16, 24), dtype=np.float32)
+    tl = cls.quantize(zeros)
+    tl[0] |= 0x0F   # lane 0: nibble 15
+    if name == "tl2":
+        tl[32] |= 1  # and bit 4: code 31
+    assert converted(tl, zeros.shape) == I2_S.quantize(zeros).tobytes()
+
+
+@pytest.mark.slow
+def test_tl2_is_held_as_i2_s_where_its_kernel_is_slower(tmp_path):
+    """Where TL2 has no fast kernel (no AVX-512 VBMI: the AVX2-only build here), the loader holds
+    TL2 weights as I2_S in the CPU_TL2_AS_I2_S buffer; the logits are those of the TL2 kernels
+    (--no-repack) bit for bit, in one batch (GEMM) and token by token (GEMV). The native build
+    does the same only on a CPU without VBMI."""
+    import platform
+    from bitnet_tools import engine
+    flags = open("/proc/cpuinfo").read() if platform.machine() in ("x86_64", "AMD64") else ""
+    if " avx2" not in flags:
+        pytest.skip("needs an x86-64 CPU with AVX2")
+    shape = dummy.Shape(320, 2, 872, 5, 1, 301)  # partial chunk and partial tile, as above
+    weights = _tiny_weights(shape, seed=23)
+    path = _write_tl(tmp_path / "tiny-tl2.gguf", shape, weights, 0.25, T.TL2)
+    tokens = [1, 100, 7, 250, 31, 5, 299, 42]
+    ref = _reference_logits(shape, weights, 0.25, tokens)
+
+    def logits(prog, *opts):
+        out = tmp_path / "logits.bin"
+        r = run([prog, "-m", path, "-t", 2, "-o", out, "-v", *opts, *map(str, tokens)])
+        assert r.returncode == 0, r.stderr[-3000:]
+        return np.fromfile(out, dtype=np.float32).reshape(len(tokens), -1), "CPU_TL2_AS_I2_S model buffer" in r.stderr
+
+    avx2 = engine.build_test_programs("avx2") / "bitnet-logits"
+    for batch in (len(tokens), 1):
+        held, used = logits(avx2, "-b", batch)
+        as_stored, used_without = logits(avx2, "-b", batch, "--no-repack")
+        assert used and not used_without
+        assert held.tobytes() == as_stored.tobytes(), f"batch {batch}: max diff {np.abs(held - as_stored).max()}"
+        np.testing.assert_allclose(held, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    _, native_used = logits(engine.tools_dir(engine.installed_build()[0]) / "bitnet-logits")
+    assert native_used == (" avx512vbmi" not in flags)
 
 
 @pytest.mark.parametrize("name", ["tl1", "tl2"])

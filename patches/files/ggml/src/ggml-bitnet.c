@@ -280,3 +280,50 @@ void dequantize_row_tl1(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, i
 void dequantize_row_tl2(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {
     dequantize_tl(GGML_TYPE_TL2, x, y, 1, k);
 }
+
+// TL1/TL2 -> I2_S, weight for weight; the tail (scale) is the same in both. A code no writer
+// produces (TL1 9-15, TL2 27-31) becomes zero weights, as in the reference kernel.
+void ggml_tl_to_i2_s(enum ggml_type type, const void * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t n_per_row, int64_t nrows) {
+    const int     gw     = ggml_tl_group(type);
+    const int     ncodes = gw == 2 ? 9 : 27;
+    const int     zero   = ncodes / 2;  // all digits 1: three zero weights (TL2), two (TL1)
+    const int64_t nc     = ggml_tl_chunks(type, n_per_row);
+    const size_t  row_b  = ggml_i2_s_row_bytes(n_per_row);
+    const uint8_t * x = (const uint8_t *) src;
+    uint8_t       * y = (uint8_t *) dst;
+
+    memset(y, 0, (size_t) nrows*row_b);
+    for (int64_t t0 = 0; t0 < nrows; t0 += TL_TILE_ROWS) {
+        const int64_t h = nrows - t0 < TL_TILE_ROWS ? nrows - t0 : TL_TILE_ROWS;
+        for (int64_t c = 0; c < nc; ++c, x += ggml_tl_chunk_bytes(type, h)) {
+            for (int lane = 0; lane < 4*h; ++lane) {
+                int code = lane < 2*h ? x[lane] & 0x0F : x[lane - 2*h] >> 4;
+                if (type == GGML_TYPE_TL2) {
+                    code |= ((x[2*h + lane/8] >> (lane % 8)) & 1) << 4;
+                }
+                if (code >= ncodes) {
+                    code = zero;
+                }
+                uint8_t * yr = y + (t0 + lane/4)*row_b;
+                const int64_t g = TL_CHUNK*c + lane % 4;
+                for (int p = gw - 1; p >= 0; --p, code /= 3) {  // least significant digit first
+                    const int64_t i = g*gw + p;
+                    if (i < n_per_row) {
+                        int shift;
+                        const int b = i2_s_index(i, &shift);
+                        yr[b] |= (uint8_t)((code % 3) << shift);
+                    }
+                }
+            }
+        }
+    }
+    // I2_S's own padding past the row: code 1 (zero weights)
+    for (int64_t r = 0; r < nrows; ++r) {
+        for (int64_t i = n_per_row; i < (int64_t) row_b*4; ++i) {
+            int shift;
+            const int b = i2_s_index(i, &shift);
+            y[r*row_b + b] |= (uint8_t)(1 << shift);
+        }
+    }
+    memcpy(y + nrows*row_b, x, I2_S_TAIL);
+}

@@ -18,7 +18,7 @@
 
 static void usage(const char * argv0) {
     std::fprintf(stderr,
-        "usage: %s -m MODEL.gguf [-t THREADS] [-b BATCH] [-c CTX] [-o FILE] [--kv-f16] [--fa] [-v] TOKEN...\n"
+        "usage: %s -m MODEL.gguf [-t THREADS] [-b BATCH] [-c CTX] [-o FILE] [--kv-f16] [--fa] [--no-repack] [-v] TOKEN...\n"
         "  writes n_tokens x n_vocab float32 logits to FILE (default: stdout)\n", argv0);
 }
 
@@ -42,7 +42,7 @@ static void quiet_log(enum ggml_log_level level, const char * text, void * user_
 int main(int argc, char ** argv) {
     std::string model_path, out_path = "-";
     long n_threads = 1, n_batch = 0, n_ctx = 0;
-    bool kv_f16 = false, flash_attn = false, verbose = false;
+    bool kv_f16 = false, flash_attn = false, repack = true, verbose = false;
     std::vector<llama_token> tokens;
 
     for (int i = 1; i < argc; ++i) {
@@ -66,6 +66,8 @@ int main(int argc, char ** argv) {
             kv_f16 = true;
         } else if (a == "--fa") {
             flash_attn = true;
+        } else if (a == "--no-repack") {  // weights as stored (no extra buffer type, e.g. TL2 as I2_S)
+            repack = false;
         } else if (a == "-v" || a == "--verbose") {
             verbose = true;
         } else if (parse_int(argv[i], 0, 0x7fffffff, &v)) {
@@ -99,6 +101,7 @@ int main(int argc, char ** argv) {
 
     llama_model_params mparams = llama_model_default_params();
     mparams.n_gpu_layers = 0;
+    mparams.use_extra_bufts = repack;
     llama_model * model = llama_model_load_from_file(model_path.c_str(), mparams);
     if (model == nullptr) {
         std::fprintf(stderr, "bitnet-logits: cannot load %s\n", model_path.c_str());

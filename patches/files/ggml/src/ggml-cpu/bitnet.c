@@ -181,6 +181,16 @@ bool ggml_bitnet_is_ternary(enum ggml_type type) {
     return type == GGML_TYPE_I2_S || type == GGML_TYPE_TL1 || type == GGML_TYPE_TL2;
 }
 
+bool ggml_bitnet_tl2_as_i2_s(void) {
+#if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    return false;  // vpermb decodes a 5-bit code in one lookup: TL2 is the fastest type here
+#else
+    // AVX2's 16-entry pshufb needs two lookups and byte arithmetic per code (1 thread: 0.71x
+    // I2_S's generation speed), NEON and plain C run TL2 through the scalar kernel
+    return true;
+#endif
+}
+
 static bool is_tl(enum ggml_type type) {
     return type == GGML_TYPE_TL1 || type == GGML_TYPE_TL2;
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "ggml.h"
+#include "ggml-backend.h"
 #include "ggml-bitnet.h"
 
 #include <stdbool.h>
@@ -62,6 +63,11 @@ void ggml_gemm_tl_i8_s(enum ggml_type type, int n, float * GGML_RESTRICT s, size
                        const void * GGML_RESTRICT vy, size_t by, int nc, float wscale, void * GGML_RESTRICT scratch);
 void ggml_gemm_tl_i8_s_generic(enum ggml_type type, int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, int nr,
                                const void * GGML_RESTRICT vy, size_t by, int nc, float wscale, void * GGML_RESTRICT scratch);
+
+// true where TL2 weights are loaded as I2_S (an extra CPU buffer type, bitnet-tl2-as-i2_s.cpp):
+// on every CPU whose TL2 kernel is slower than its I2_S one, i.e. all but AVX-512 VBMI
+bool ggml_bitnet_tl2_as_i2_s(void);
+ggml_backend_buffer_type_t ggml_backend_cpu_tl2_as_i2_s_buffer_type(void);
 
 // MUL_MAT with an I2_S, TL1 or TL2 src0: the whole op (activation quantization, threading, kernels).
 void   ggml_bitnet_mul_mat(const struct ggml_compute_params * params, struct ggml_tensor * dst);
