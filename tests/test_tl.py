@@ -63,15 +63,19 @@ def test_tl_to_i2_s_gives_what_i2_s_writes_for_the_same_weights(tl_lib, name):
     file's codes) against our numpy I2_S writer: byte for byte, the tail's scale included."""
     cls, qtype = CLASSES[name]
     tl_lib.ggml_tl_to_i2_s.restype = None
-    tl_lib.ggml_tl_to_i2_s.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    tl_lib.ggml_tl_to_i2_s.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 4
 
-    def converted(tl: np.ndarray, shape) -> bytes:
+    def converted(tl: np.ndarray, shape, split: int = 0) -> bytes:
         out = np.full(i2_s.nbytes(shape), 0xA5, dtype=np.uint8)  # every byte must be written
-        tl_lib.ggml_tl_to_i2_s(int(qtype), tl.ctypes.data, out.ctypes.data, shape[1], shape[0])
+        for r0, r1 in ((0, split), (split, shape[0])):  # two row ranges, as the loader's threads
+            tl_lib.ggml_tl_to_i2_s(int(qtype), tl.ctypes.data, out.ctypes.data, shape[1], shape[0], r0, r1)
         return out.tobytes()
 
     for x in _cases(np.random.default_rng(12)):
-        assert converted(cls.quantize(x), x.shape) == I2_S.quantize(x).tobytes(), (name, x.shape)
+        want = I2_S.quantize(x).tobytes()
+        assert converted(cls.quantize(x), x.shape) == want, (name, x.shape)
+        if x.shape[0] > 16:
+            assert converted(cls.quantize(x), x.shape, split=16) == want, (name, x.shape, "split")
     # a code no writer produces (TL1 9-15, TL2 27-31) is zero weights, as in the reference kernel
     zeros = np.zeros((16, 24), dtype=np.float32)
     tl = cls.quantize(zeros)

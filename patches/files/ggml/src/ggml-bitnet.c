@@ -7,6 +7,7 @@
 #include "ggml-bitnet.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <assert.h>
 
@@ -281,49 +282,68 @@ void dequantize_row_tl2(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, i
     dequantize_tl(GGML_TYPE_TL2, x, y, 1, k);
 }
 
-// TL1/TL2 -> I2_S, weight for weight; the tail (scale) is the same in both. A code no writer
-// produces (TL1 9-15, TL2 27-31) becomes zero weights, as in the reference kernel.
-void ggml_tl_to_i2_s(enum ggml_type type, const void * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t n_per_row, int64_t nrows) {
+// TL1/TL2 -> I2_S, weight for weight, rows r0 .. r1-1 (whole tiles; the last call, r1 = nrows,
+// also writes the tail, which is the same scale in both). A code no writer
+// produces (TL1 9-15, TL2 27-31) becomes zero weights, as in the reference kernel. A tile's
+// digits (trit + 1) are spread into rows first, then packed 128 at a time: a model's weights
+// take about as long as reading them from disk.
+void ggml_tl_to_i2_s(enum ggml_type type, const void * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t n_per_row, int64_t nrows,
+                     int64_t r0, int64_t r1) {
     const int     gw     = ggml_tl_group(type);
     const int     ncodes = gw == 2 ? 9 : 27;
-    const int     zero   = ncodes / 2;  // all digits 1: three zero weights (TL2), two (TL1)
     const int64_t nc     = ggml_tl_chunks(type, n_per_row);
     const size_t  row_b  = ggml_i2_s_row_bytes(n_per_row);
-    const uint8_t * x = (const uint8_t *) src;
+    const int64_t tl_w   = nc*TL_CHUNK*gw + 4 - gw;  // room for the 4-byte stores below
+    const int64_t width  = (int64_t) row_b*4 > tl_w ? (int64_t) row_b*4 : tl_w;  // a row's digits, both paddings
+    GGML_ASSERT(r0 % TL_TILE_ROWS == 0 && r0 <= r1 && r1 <= nrows && (r1 % TL_TILE_ROWS == 0 || r1 == nrows));
+    const uint8_t * x = (const uint8_t *) src + (size_t)(r0/TL_TILE_ROWS*nc)*ggml_tl_chunk_bytes(type, TL_TILE_ROWS);
     uint8_t       * y = (uint8_t *) dst;
 
-    memset(y, 0, (size_t) nrows*row_b);
-    for (int64_t t0 = 0; t0 < nrows; t0 += TL_TILE_ROWS) {
-        const int64_t h = nrows - t0 < TL_TILE_ROWS ? nrows - t0 : TL_TILE_ROWS;
+    uint8_t digits[32][4];  // most significant first; past gw not digits (see the stores below)
+    for (int v = 0; v < 32; ++v) {
+        digits[v][2] = digits[v][3] = 1;
+        for (int p = gw - 1, c = v < ncodes ? v : ncodes/2; p >= 0; --p, c /= 3) {  // ncodes/2: all ones
+            digits[v][p] = (uint8_t)(c % 3);
+        }
+    }
+    // one tile's digits, row after row; each code is stored as 4 bytes at once, the bytes past
+    // its group overwritten by the next group's (stored later) or lying past the row's weights
+    uint8_t * d = (uint8_t *) malloc((size_t)(TL_TILE_ROWS*width));
+    GGML_ASSERT(d != NULL);
+    size_t off[4*TL_TILE_ROWS];  // where lane l's digits go in d, in chunk 0
+    for (int l = 0; l < 4*TL_TILE_ROWS; ++l) {
+        off[l] = (size_t)((l/4)*width + (l%4)*gw);
+    }
+    for (int64_t t0 = r0; t0 < r1; t0 += TL_TILE_ROWS) {
+        const int h = nrows - t0 < TL_TILE_ROWS ? (int)(nrows - t0) : TL_TILE_ROWS;
         for (int64_t c = 0; c < nc; ++c, x += ggml_tl_chunk_bytes(type, h)) {
-            for (int lane = 0; lane < 4*h; ++lane) {
-                int code = lane < 2*h ? x[lane] & 0x0F : x[lane - 2*h] >> 4;
-                if (type == GGML_TYPE_TL2) {
-                    code |= ((x[2*h + lane/8] >> (lane % 8)) & 1) << 4;
-                }
-                if (code >= ncodes) {
-                    code = zero;
-                }
-                uint8_t * yr = y + (t0 + lane/4)*row_b;
-                const int64_t g = TL_CHUNK*c + lane % 4;
-                for (int p = gw - 1; p >= 0; --p, code /= 3) {  // least significant digit first
-                    const int64_t i = g*gw + p;
-                    if (i < n_per_row) {
-                        int shift;
-                        const int b = i2_s_index(i, &shift);
-                        yr[b] |= (uint8_t)((code % 3) << shift);
-                    }
+            uint64_t bit4 = 0;  // bit 4 of lane l at bit l
+            for (int b = 0; type == GGML_TYPE_TL2 && b < (h + 1)/2; ++b) {
+                bit4 |= (uint64_t) x[2*h + b] << 8*b;
+            }
+            uint8_t * dc = d + c*TL_CHUNK*gw;
+            // lanes in order (a row's groups left to right, so each store's spill is overwritten):
+            // the low nibbles, then the high nibbles of the same bytes
+            for (int l = 0; l < 2*h; ++l) {
+                memcpy(dc + off[l], digits[(x[l] & 0x0F) | ((bit4 >> l) & 1) << 4], 4);
+            }
+            for (int l = 0; l < 2*h; ++l) {
+                memcpy(dc + off[l + 2*h], digits[(x[l] >> 4) | ((bit4 >> (l + 2*h)) & 1) << 4], 4);
+            }
+        }
+        for (int64_t i = 0; i < h; ++i) {
+            uint8_t * di = d + i*width;
+            memset(di + n_per_row, 1, (size_t)(width - n_per_row));  // past the row: zero weights
+            uint8_t * yr = y + (t0 + i)*row_b;
+            for (size_t g = 0; g < row_b/I2_S_GROUP_B; ++g, di += QK_I2_S, yr += I2_S_GROUP_B) {
+                for (int j = 0; j < 32; ++j) {  // element j + 32 k at shift 6 - 2 k
+                    yr[j] = (uint8_t)(di[j] << 6 | di[j + 32] << 4 | di[j + 64] << 2 | di[j + 96]);
                 }
             }
         }
     }
-    // I2_S's own padding past the row: code 1 (zero weights)
-    for (int64_t r = 0; r < nrows; ++r) {
-        for (int64_t i = n_per_row; i < (int64_t) row_b*4; ++i) {
-            int shift;
-            const int b = i2_s_index(i, &shift);
-            y[r*row_b + b] |= (uint8_t)(1 << shift);
-        }
+    free(d);
+    if (r1 == nrows) {
+        memcpy(y + nrows*row_b, x, I2_S_TAIL);
     }
-    memcpy(y + nrows*row_b, x, I2_S_TAIL);
 }

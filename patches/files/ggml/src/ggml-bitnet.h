@@ -96,9 +96,12 @@ GGML_API void    dequantize_row_tl1(const void * GGML_RESTRICT x, float * GGML_R
 GGML_API void    dequantize_row_tl2(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
 // whole tensor back to floats (nrows x n_per_row)
 GGML_API void    dequantize_tl(enum ggml_type type, const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t nrows, int64_t n_per_row);
-// the same weights as I2_S (dst: ggml_ternary_nbytes(GGML_TYPE_I2_S, ...) bytes), for a CPU whose
-// I2_S kernels beat its TL2 ones (ggml_bitnet_tl2_as_i2_s, ggml-cpu)
-GGML_API void    ggml_tl_to_i2_s(enum ggml_type type, const void * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t n_per_row, int64_t nrows);
+// the same weights as I2_S (dst: the whole tensor's ggml_ternary_nbytes(GGML_TYPE_I2_S, ...) bytes), for a
+// CPU whose I2_S kernels beat its TL2 ones (ggml_bitnet_tl2_as_i2_s, ggml-cpu). Converts rows r0 .. r1-1
+// (r0 a multiple of 16, r1 too or nrows; the call with r1 = nrows writes the tail): disjoint
+// ranges may run in parallel.
+GGML_API void    ggml_tl_to_i2_s(enum ggml_type type, const void * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t n_per_row, int64_t nrows,
+                                 int64_t r0, int64_t r1);
 
 // I8_S: one row of k floats to int8 + scale + sum.
 GGML_API void   quantize_row_i8_s_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);

@@ -10,6 +10,10 @@
 #include "traits.h"
 #include "bitnet.h"
 
+#include <algorithm>
+#include <thread>
+#include <vector>
+
 namespace {
 
 // a weight this buffer holds: one TL2 matrix, not a view into one
@@ -57,9 +61,21 @@ class tl2_extra : public ggml::cpu::extra_buffer_type {
     }
 };
 
+// the conversion in parallel over ranges of whole tiles: a load takes about as long as without it
 void set_tensor(ggml_backend_buffer_t, ggml_tensor * t, const void * data, size_t offset, size_t size) {
     GGML_ASSERT(is_tl2_matrix(t) && offset == 0 && size == ggml_nbytes(t));  // the loader sets a weight whole
-    ggml_tl_to_i2_s(GGML_TYPE_TL2, data, t->data, t->ne[0], t->ne[1]);
+    const int64_t rows  = t->ne[1];
+    const int64_t tiles = (rows + TL_TILE_ROWS - 1) / TL_TILE_ROWS;
+    const int64_t nth   = std::min<int64_t>(tiles, std::max(1u, std::thread::hardware_concurrency()));
+    std::vector<std::thread> workers;
+    for (int64_t i = 0; i < nth; ++i) {
+        const int64_t r0 = tiles*i/nth*TL_TILE_ROWS;
+        const int64_t r1 = std::min(rows, tiles*(i + 1)/nth*TL_TILE_ROWS);
+        workers.emplace_back(ggml_tl_to_i2_s, GGML_TYPE_TL2, data, t->data, t->ne[0], rows, r0, r1);
+    }
+    for (std::thread & w : workers) {
+        w.join();
+    }
 }
 
 const char * get_name(ggml_backend_buffer_type_t) {
