@@ -177,14 +177,28 @@ class ModelCost:
     tied: bool              # no output.weight: the token embedding is also the head
 
 
-def model_cost(path: Path) -> ModelCost:
+def tl2_held_as_i2_s(tools: Path) -> bool:
+    """Whether the engine build in `tools` holds TL2 weights as I2_S in memory (a CPU without
+    AVX-512 VBMI, docs/tl.md): asked from that build's own libggml-cpu."""
+    import ctypes
+    libs = sorted(tools.glob("libggml-cpu.so*"))
+    if not libs:
+        return False  # a static build (not this machine's): no library to ask
+    f = ctypes.CDLL(str(libs[0])).ggml_bitnet_tl2_as_i2_s
+    f.restype = ctypes.c_bool
+    return bool(f())
+
+
+def model_cost(path: Path, tl2_as_i2_s: bool = False) -> ModelCost:
     """Bytes read per generated token: every tensor of the file, whole (every weight matrix,
     the output head, the norms), except the looked-up token embedding, of which a token reads
     one row -- unless the model has no output.weight: then the embedding is also the head and is
-    read whole. MACs per token: rows x width of every 2-D weight that is multiplied (the same
-    tensors: the head included, the embedding only as the tied head). Attention over the KV cache
-    and activations are left out (small next to the weights at bench's context lengths)."""
+    read whole. TL2 tensors count I2_S's bytes where the engine holds them so (tl2_as_i2_s).
+    MACs per token: rows x width of every 2-D weight that is multiplied (the same tensors: the
+    head included, the embedding only as the tied head). Attention over the KV cache and
+    activations are left out (small next to the weights at bench's context lengths)."""
     import gguf
+    from .quants import i2_s
     reader = gguf.GGUFReader(path)
     names = {t.name for t in reader.tensors}
     tied = "output.weight" not in names
@@ -196,7 +210,10 @@ def model_cost(path: Path) -> ModelCost:
         if t.name in LOOKUPS and not (tied and t.name == "token_embd.weight"):
             nbytes += int(t.n_bytes) // rows   # one row
             continue
-        nbytes += int(t.n_bytes)
+        if tl2_as_i2_s and t.tensor_type == gguf.GGMLQuantizationType.TL2:
+            nbytes += i2_s.nbytes((rows, dims[0]))
+        else:
+            nbytes += int(t.n_bytes)
         if two_d:
             macs += int(t.n_elements)
             if t.name in ("output.weight", "token_embd.weight"):
@@ -389,7 +406,8 @@ def run_matrix(tools: Path, models: list[tuple[str, Path]], threads: list[int], 
             c = ceilings[th]
             ceilings[th] = Ceilings(th, max(c.read_gb_s, again.read_gb_s), max(c.int8_gmac_s, again.int8_gmac_s), c.isa)
             progress.advance(task)
-    costs = {m.name: model_cost(m) for _, m in models}
+    held = tl2_held_as_i2_s(tools)
+    costs = {m.name: model_cost(m, held) for _, m in models}
     for _, m in baseline_models:
         try:
             costs[m.name] = model_cost(m)
