@@ -404,9 +404,10 @@ bool ggml_bitnet_mul_mat_q6_k(const struct ggml_compute_params * params, struct 
 
 // ---------------------------------------------------------------- attention: few queries, a prompt
 
-// A block of 16 query positions takes the prompt kernel when it holds at least this many: its
-// cost is nearly that of a full block, where the few-query kernel's grows with each position
-// (test-backend-ops perf, 2B-4T heads, 512 and 2048 cache rows: even at 10-11 positions on Zen 4)
+// A block of GGML_BITNET_ATTN_PROMPT_QP (16) query positions takes the prompt kernel when it
+// holds at least this many: its cost is nearly that of a full block, where the few-query
+// kernel's grows with each position (test-backend-ops perf, 2B-4T heads, 512 and 2048 cache
+// rows: even at 10-11 positions on Zen 4)
 #define BITNET_ATTN_PROMPT_MIN 11
 
 #if defined(GGML_BITNET_ATTN_F16)
@@ -465,22 +466,22 @@ bool ggml_bitnet_flash_attn_ext(const struct ggml_compute_params * params, struc
     if (nq >= BITNET_ATTN_PROMPT_MIN && (!mask || mask->ne[2] == 1) &&  // the prompt kernel takes one mask for all heads
         share >= GGML_BITNET_ATTN_PROMPT_WORK(dk, dv)*sizeof(float) + 64) {
         float * work = (float *) (((uintptr_t) params->wdata + params->ith*share + 63) & ~(uintptr_t) 63);
-        const int64_t nblk = (nq + 15)/16;   // blocks of 16 positions
+        const int64_t nblk = (nq + GGML_BITNET_ATTN_PROMPT_QP - 1)/GGML_BITNET_ATTN_PROMPT_QP;  // blocks of positions
         const int64_t per  = nsub*nkh*q->ne[3];
         if (params->ith == 0) {
             ggml_threadpool_chunk_set(params->threadpool, params->nth);  // each thread takes item ith first
         }
         ggml_barrier(params->threadpool);
-        // one item: 16 positions of one sequence, up to 4 heads of one KV head; the last
+        // one item: a block of positions of one sequence, up to 4 heads of one KV head; the last
         // positions first, as they see the most cache rows (the threads finish together)
         for (int64_t it = params->ith; it < nblk*per; it = ggml_threadpool_chunk_add(params->threadpool, 1)) {
-            const int64_t p0  = 16*(nblk - 1 - it/per);
+            const int64_t p0  = GGML_BITNET_ATTN_PROMPT_QP*(nblk - 1 - it/per);
             const int64_t sub = it % nsub;
             const int64_t ik2 = (it/nsub) % nkh;
             const int64_t iq3 = it/nsub/nkh % q->ne[3];
             const int64_t h0  = ik2*rk2 + 4*sub;
             const int     nh  = (int) MIN(4, rk2 - 4*sub);
-            const int     np  = (int) MIN(16, nq - p0);
+            const int     np  = (int) MIN(GGML_BITNET_ATTN_PROMPT_QP, nq - p0);
             if (np < BITNET_ATTN_PROMPT_MIN) {  // the prompt's last few positions
                 for (int64_t iq1 = p0; iq1 < p0 + np; ++iq1) {
                     bitnet_attn_position(dst, iq1, h0, nh, ik2, iq3, scale);

@@ -201,8 +201,6 @@ void ggml_bitnet_attn_f16(int nr, int dk, int dv, int64_t nk, const float * cons
 // (no horizontal reductions); and P V is one FMA per output value and cache row, the V value
 // broadcast. Reference: ggml_compute_forward_flash_attn_ext_f16_one_chunk, as for the kernel above.
 
-#define BITNET_ATTN_QP 16  // query positions per call: one per lane
-
 BITNET_INLINE void bitnet_attn_prompt(const int NH, int np, int dk, int dv, int64_t nk, const float * q, size_t qpos,
                                       size_t qhead, float scale, const char * k, size_t kstride, const char * v,
                                       size_t vstride, const char * mask, size_t mpos, char * out,
@@ -347,7 +345,7 @@ void ggml_bitnet_attn_f16_prompt(int nh, int np, int dk, int dv, int64_t nk, con
                                    const char *, size_t, const char *, size_t, char *, size_t, size_t, float *) = {
         NULL, bitnet_attn_prompt_1, bitnet_attn_prompt_2, bitnet_attn_prompt_3, bitnet_attn_prompt_4,
     };
-    GGML_ASSERT(nh >= 1 && nh <= 4 && np >= 1 && np <= BITNET_ATTN_QP && dk % 16 == 0 && dk <= GGML_BITNET_ATTN_MAX_D &&
+    GGML_ASSERT(nh >= 1 && nh <= 4 && np >= 1 && np <= GGML_BITNET_ATTN_PROMPT_QP && dk % 16 == 0 && dk <= GGML_BITNET_ATTN_MAX_D &&
                 dv % 64 == 0 && dv <= GGML_BITNET_ATTN_MAX_D && ((uintptr_t) work) % 64 == 0);
     heads[nh](np, dk, dv, nk, q, qpos, qhead, scale, (const char *) k, kstride, (const char *) v, vstride,
               (const char *) mask, mpos, (char *) out, opos, ohead, work);

@@ -462,12 +462,10 @@ static void tl_dec_tile1_asm(int nch, const uint8_t * GGML_RESTRICT x, const tl_
     const size_t  pfd     = TL_PF_CHUNKS*chunk_b;
     __m256i acc[2] = { _mm256_setzero_si256(), _mm256_setzero_si256() };
     // the tables in ymm2/3, bound to registers so that the asm below may name them
-    register __m256i t0 __asm__("ymm2") = _mm256_loadu_si256((const __m256i *) tla_mod3);
-    register __m256i t1 __asm__("ymm3") = _mm256_loadu_si256((const __m256i *) tla_div3);
-    if (!tl2) {
-        t0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tab->t[0]));
-        t1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tab->t[1]));
-    }
+    register __m256i t0 __asm__("ymm2") = tl2 ? _mm256_loadu_si256((const __m256i *) tla_mod3)
+                                              : _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tab->t[0]));
+    register __m256i t1 __asm__("ymm3") = tl2 ? _mm256_loadu_si256((const __m256i *) tla_div3)
+                                              : _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tab->t[1]));
     for (int ch0 = 0; ch0 < nch; ch0 += TL_DEC_RUN) {
         const uint8_t * xr  = x + ch0*chunk_b;
         const int8_t  * ar  = a + ch0*cs;
