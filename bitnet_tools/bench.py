@@ -177,18 +177,6 @@ class ModelCost:
     tied: bool              # no output.weight: the token embedding is also the head
 
 
-def tl2_held_as_i2_s(tools: Path) -> bool:
-    """Whether the engine build in `tools` holds TL2 weights as I2_S in memory (a CPU without
-    AVX-512 VBMI, docs/tl.md): asked from that build's own libggml-cpu."""
-    import ctypes
-    libs = sorted(tools.glob("libggml-cpu.so*"))
-    if not libs:
-        return False  # a static build (not this machine's): no library to ask
-    f = ctypes.CDLL(str(libs[0])).ggml_bitnet_tl2_as_i2_s
-    f.restype = ctypes.c_bool
-    return bool(f())
-
-
 def model_cost(path: Path, tl2_as_i2_s: bool = False) -> ModelCost:
     """Bytes read per generated token: every tensor of the file, whole (every weight matrix,
     the output head, the norms), except the looked-up token embedding, of which a token reads
@@ -406,7 +394,7 @@ def run_matrix(tools: Path, models: list[tuple[str, Path]], threads: list[int], 
             c = ceilings[th]
             ceilings[th] = Ceilings(th, max(c.read_gb_s, again.read_gb_s), max(c.int8_gmac_s, again.int8_gmac_s), c.isa)
             progress.advance(task)
-    held = tl2_held_as_i2_s(tools)
+    held = engine.tl2_held_as_i2_s(tools)
     costs = {m.name: model_cost(m, held) for _, m in models}
     for _, m in baseline_models:
         try:

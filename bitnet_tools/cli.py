@@ -266,6 +266,9 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
     t.add_row("llama_cpp installed", r["llama_cpp_python"] or "[red]no[/] (run: bitnet setup)")
     t.add_row("llama_cpp library", r["llama_cpp_lib"] or "-")
     t.add_row("patched (knows I2_S, TL1, TL2)", "[green]yes[/]" if r["ternary_types_known"] else "[red]no[/] (run: bitnet setup)")
+    if r["ternary_types_known"]:
+        t.add_row("TL2 weights in memory", "as I2_S (no AVX-512 VBMI here: a fifth more memory, I2_S's kernels)"
+                  if r["tl2_held_as_i2_s"] else "as stored (TL2's own kernel)")
     feats = ", ".join(k for k, v in r["cpu_features"].items() if v) or "-"
     t.add_row("CPU features in build", feats)
     for flavor, b in r["builds"].items():

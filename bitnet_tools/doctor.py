@@ -63,9 +63,12 @@ def report() -> dict:
     # our ternary types, as the loaded library names them: a stale or unpatched build misses some
     out["ternary_types_known"] = installed is not None and all(
         ggml_type_name(int(t.qtype)) == name for name, t in quants.OURS.items())
+    # TL2 weights as the loaded library holds them: as stored, or as I2_S (docs/tl.md)
+    out["tl2_held_as_i2_s"] = out["ternary_types_known"] and engine.tl2_held_as_i2_s(engine.library_dir())
     from .fastest import cached
     out["fastest_types"] = cached()  # bitnet setup's measured choices: key -> type and figures
     feats = cpu_features()
     out["cpu_features"] = {k: feats.get(k, False) for k in
-                           ("AVX", "AVX2", "FMA", "F16C", "AVX512", "AVX512_VNNI", "AVX_VNNI", "NEON", "DOTPROD")}
+                           ("AVX", "AVX2", "FMA", "F16C", "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX_VNNI", "NEON",
+                            "DOTPROD")}
     return out

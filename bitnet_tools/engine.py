@@ -434,6 +434,18 @@ def library_dir() -> Path:
     return Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(llama_cpp.__file__).parent / "lib")
 
 
+def tl2_held_as_i2_s(libdir: Path) -> bool:
+    """Whether the engine build whose libraries are in libdir holds TL2 weights as I2_S in memory
+    (a CPU without AVX-512 VBMI, docs/tl.md): asked from that build's own libggml-cpu."""
+    import ctypes
+    libs = sorted(libdir.glob("libggml-cpu.so*"))
+    if not libs:
+        return False  # a static build (not this machine's): no library to ask
+    f = ctypes.CDLL(str(libs[0])).ggml_bitnet_tl2_as_i2_s
+    f.restype = ctypes.c_bool
+    return bool(f())
+
+
 def ggml_base_library():
     """ctypes handle of the libggml-base that `import llama_cpp` loads."""
     import ctypes

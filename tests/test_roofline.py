@@ -155,7 +155,7 @@ def test_tl2_held_as_i2_s_costs_what_i2_s_does(tmp_path, tools):
     assert stored.bytes_per_token < i2s.bytes_per_token and stored.macs_per_token == i2s.macs_per_token
     # the installed build answers for itself; a native one holds TL2 as I2_S exactly where the
     # CPU lacks the AVX-512 VBMI kernel's instructions
-    held = bench.tl2_held_as_i2_s(tools)
+    held = engine.tl2_held_as_i2_s(tools)
     if engine.installed_build()[0] == "native":
         assert held == (not {"avx512vbmi", "avx512_vnni", "avx512bw"} <= _cpu_flags())
 
