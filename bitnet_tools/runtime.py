@@ -122,22 +122,18 @@ def engine_reason(lines: list[str]) -> str | None:
     return None
 
 
-def reads_into_memory(n_bytes: int, thp: Path = Path("/sys/kernel/mm/transparent_hugepage/enabled"),
-                      meminfo: Path = Path("/proc/meminfo")) -> bool:
-    """The engine's rule for its default load mode (llama_read_into_huge_pages, patches/0014):
-    read the weights into memory, where they get transparent huge pages and a generation step
-    streams them faster than from the page cache's 4 KiB pages, when huge pages are not switched
-    off and the file is under half of the memory available; else map the file (a model near the
-    size of memory then pages in from disk instead of failing to fit)."""
-    try:
-        if "[never]" in thp.read_text():
-            return False
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return n_bytes < int(line.split()[1]) * 1024 // 2
-    except (OSError, ValueError, IndexError):
-        pass
-    return False
+def reads_into_memory(n_bytes: int) -> bool:
+    """The engine's own rule for its default load mode, asked from the loaded libllama
+    (llama_read_into_huge_pages, patches/0014): read the weights into memory, where they get
+    transparent huge pages and a generation step streams them faster than from the page cache's
+    4 KiB pages, when huge pages are not switched off and the file is under half of the memory
+    available; else map the file (a model near the size of memory then pages in from disk
+    instead of failing to fit)."""
+    import ctypes
+    from llama_cpp import llama_cpp as lib
+    f = lib._lib.llama_read_into_huge_pages
+    f.argtypes, f.restype = [ctypes.c_size_t], ctypes.c_bool
+    return bool(f(n_bytes))
 
 
 def load(path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, rpc: list[str] | str | None = None,

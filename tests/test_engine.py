@@ -174,17 +174,21 @@ def test_models_are_read_into_huge_pages(tmp_path, tools):
     assert "(load_mode = none)" in out.stderr + out.stdout
 
 
-def test_load_reads_where_the_engine_would_and_maps_a_model_near_the_size_of_memory(tmp_path):
-    """bitnet_tools.load chooses as the engine's default load mode does (patches/0014): read while
-    huge pages are on and the file is under half of MemAvailable, else map (a model too large
-    to read in would otherwise fail to fit)."""
-    from bitnet_tools.runtime import reads_into_memory
-    thp, meminfo = tmp_path / "enabled", tmp_path / "meminfo"
-    meminfo.write_text("MemTotal:       25000000 kB\nMemFree:        1000 kB\nMemAvailable:   20000000 kB\n")
-    for mode in ("[always] madvise never", "always [madvise] never"):
-        thp.write_text(mode + "\n")
-        assert reads_into_memory(9_000_000_000, thp, meminfo)          # under half of 20.48 GB
-        assert not reads_into_memory(11_000_000_000, thp, meminfo)     # over half: mapped
-    thp.write_text("always madvise [never]\n")
-    assert not reads_into_memory(1_000, thp, meminfo)                  # no huge pages to gain
-    assert not reads_into_memory(1_000, tmp_path / "none", meminfo)    # not Linux, or no such file
+def test_load_reads_where_the_engine_would_and_maps_a_model_near_the_size_of_memory(tmp_path, monkeypatch):
+    """bitnet_tools.load chooses as the engine's default load mode does (patches/0014), by asking
+    the engine: read while huge pages are on and the file is under half of MemAvailable, else map
+    (a model too large to read in would otherwise fail to fit)."""
+    from bitnet_tools import runtime
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    on = thp.exists() and "[never]" not in thp.read_text()
+    available = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemAvailable:"))
+    assert runtime.reads_into_memory(1_000_000) is on
+    assert runtime.reads_into_memory(available // 4) is on                # well under half
+    assert runtime.reads_into_memory(available) is False                  # over half: mapped
+    # and load() passes the engine's answer on: read (load mode NONE) or map (MMAP)
+    import llama_cpp
+    model = dummy.write(tmp_path / "m.gguf", "tiny", "i2_s", note=lambda _: None)
+    for answer, mode in ((True, llama_cpp.LLAMA_LOAD_MODE_NONE), (False, llama_cpp.LLAMA_LOAD_MODE_MMAP)):
+        monkeypatch.setattr(runtime, "reads_into_memory", lambda n, a=answer: a)
+        assert runtime.load(model, n_ctx=32).model_params.load_mode == mode
