@@ -283,10 +283,9 @@ void dequantize_row_tl2(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, i
 }
 
 // TL1/TL2 -> I2_S, weight for weight, rows r0 .. r1-1 (whole tiles; the last call, r1 = nrows,
-// also writes the tail, which is the same scale in both). A code no writer
-// produces (TL1 9-15, TL2 27-31) becomes zero weights, as in the reference kernel. A tile's
-// digits (trit + 1) are spread into rows first, then packed 128 at a time: a model's weights
-// take about as long as reading them from disk.
+// also writes the tail, which is the same scale in both). A code no writer produces (TL1 9-15,
+// TL2 27-31) becomes zero weights, as in the reference kernel. A tile's digits (trit + 1) are
+// spread into rows first, then packed 128 at a time.
 void ggml_tl_to_i2_s(enum ggml_type type, const void * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t n_per_row, int64_t nrows,
                      int64_t r0, int64_t r1) {
     const int     gw     = ggml_tl_group(type);

@@ -103,10 +103,10 @@ bool ggml_bitnet_flash_attn_ext(const struct ggml_compute_params * params, struc
 void ggml_bitnet_attn_f16(int nr, int dk, int dv, int64_t nk, const float * const * q, float scale,
                           const void * k, size_t kstride, const void * v, size_t vstride,
                           const ggml_fp16_t * const * mask, float * const * out);
-// The same for a prompt: np <= GGML_BITNET_ATTN_PROMPT_QP query positions of nh <= 4 query heads that share one KV head,
-// head h's position p at q + h*qhead + p*qpos (bytes; dk F32 values) and its output (dv F32) at
-// out + h*ohead + p*opos; the heads share the mask, position p's nk F16 values at mask + p*mpos
-// bytes (mask may be NULL). dk % 16 == 0, dv % 64 == 0, both <= GGML_BITNET_ATTN_MAX_D. work:
+// The same for a prompt: np <= GGML_BITNET_ATTN_PROMPT_QP query positions of nh <= 4 query heads
+// that share one KV head, head h's position p at q + h*qhead + p*qpos (bytes; dk F32 values) and
+// its output (dv F32) at out + h*ohead + p*opos; the heads share the mask, position p's nk F16
+// values at mask + p*mpos bytes (mask may be NULL). dk % 16 == 0, dv % 64 == 0, both <= GGML_BITNET_ATTN_MAX_D. work:
 // GGML_BITNET_ATTN_PROMPT_WORK(dk, dv) floats of scratch, 64-byte aligned.
 #define GGML_BITNET_ATTN_PROMPT_WORK(dk, dv) (80*((size_t) (dk) + (size_t) (dv)) + 256)
 #define GGML_BITNET_ATTN_PROMPT_QP 16  // query positions per call (one per AVX-512 lane)
