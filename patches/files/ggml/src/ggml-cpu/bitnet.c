@@ -182,7 +182,7 @@ bool ggml_bitnet_is_ternary(enum ggml_type type) {
 }
 
 bool ggml_bitnet_tl2_as_i2_s(void) {
-#if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(GGML_BITNET_TL_VPERMB)
     return false;  // vpermb decodes a 5-bit code in one lookup: TL2 is the fastest type here
 #else
     // AVX2's 16-entry pshufb needs two lookups and byte arithmetic per code (1 thread: 0.71x

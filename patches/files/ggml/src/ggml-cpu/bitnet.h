@@ -64,8 +64,13 @@ void ggml_gemm_tl_i8_s(enum ggml_type type, int n, float * GGML_RESTRICT s, size
 void ggml_gemm_tl_i8_s_generic(enum ggml_type type, int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, int nr,
                                const void * GGML_RESTRICT vy, size_t by, int nc, float wscale, void * GGML_RESTRICT scratch);
 
+// TL2's own fast kernel: vpermb decodes a 5-bit code in one lookup (arch/x86/bitnet-tl.c)
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && \
+    defined(__AVX512BW__)
+#define GGML_BITNET_TL_VPERMB
+#endif
 // true where TL2 weights are loaded as I2_S (an extra CPU buffer type, bitnet-tl2-as-i2_s.cpp):
-// on every CPU whose TL2 kernel is slower than its I2_S one, i.e. all but AVX-512 VBMI
+// on every CPU without that kernel, where TL2's is slower than I2_S's
 bool ggml_bitnet_tl2_as_i2_s(void);
 ggml_backend_buffer_type_t ggml_backend_cpu_tl2_as_i2_s_buffer_type(void);
 

@@ -12,7 +12,7 @@
 #include <immintrin.h>
 #endif
 
-#if (defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)) || (defined(__AVX2__) && defined(__GNUC__))
+#if defined(GGML_BITNET_TL_VPERMB) || (defined(__AVX2__) && defined(__GNUC__))
 
 // ---------------------------------------------------------------- TL1 / TL2: decoded codes
 //
@@ -48,7 +48,7 @@ static void tl_dec_tables(int tl2, tl_dec_tables_t * tab) {
     }
 }
 
-#if defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(GGML_BITNET_TL_VPERMB)
 
 // the 64 codes of a full chunk, lane 4i + j
 BITNET_INLINE __m512i tl_codes(const uint8_t * GGML_RESTRICT chunk, const int tl2) {
@@ -567,7 +567,7 @@ static void tl_gemm_decoded(enum ggml_type type, int n, float * GGML_RESTRICT s,
 
 void ggml_gemm_tl_i8_s(enum ggml_type type, int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, int nr,
                        const void * GGML_RESTRICT vy, size_t by, int nc, float wscale, void * GGML_RESTRICT scratch) {
-#if (defined(__AVX512VBMI__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)) || (defined(__AVX2__) && defined(__GNUC__))
+#if defined(GGML_BITNET_TL_VPERMB) || (defined(__AVX2__) && defined(__GNUC__))
     tl_gemm_decoded(type, n, s, bs, (const uint8_t *) vx, nr, (const int8_t *) vy, by, nc, wscale, (uint8_t *) scratch);
 #else
     ggml_gemm_tl_i8_s_generic(type, n, s, bs, vx, nr, vy, by, nc, wscale, scratch);
