@@ -83,7 +83,8 @@ size_t ggml_bitnet_mul_mat_wsize(const struct ggml_tensor * dst, int n_threads);
 // MUL_MAT with a Q6_K src0 and 2 .. GGML_BITNET_Q6_K_MAX_COLS activation columns where this
 // architecture has a few-column kernel (the head of a ternary model in a batched decode step):
 // computes the op and returns true; false leaves it to ggml (other cases, --use-ref).
-#if (defined(__x86_64__) || defined(_M_X64)) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if (defined(__x86_64__) || defined(_M_X64)) && ((defined(__AVX512VNNI__) && defined(__AVX512BW__)) || \
+                                                 (defined(__AVX2__) && defined(__FMA__)))
 #define GGML_BITNET_Q6_K_GEMM
 #endif
 #define GGML_BITNET_Q6_K_MAX_COLS 32
