@@ -415,21 +415,35 @@ def test_serve_over_rpc_survives_a_lost_worker(models, tmp_path):
                                        "-c", "256", "-t", "1", "--rpc", worker.endpoint,
                                        "--log-file", str(tmp_path / "serve.log")],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(serve.stdout), daemon=True)
+    reader.start()
+
+    def wait_said(text: str, limit: float) -> bool:
+        deadline = time.monotonic() + limit
+        while not any(text in line for line in said) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return any(text in line for line in said)
+
     try:
         first = wait_serving(120)
         worker.stop()
         with pytest.raises(OSError):  # the worker is gone: this request cannot be answered
             complete()
+        assert wait_said("stopped answering", 30), "".join(said)[-3000:]
         assert serve.poll() is None
         worker = Worker("127.0.0.1", wport)
         again = wait_serving(60)
         assert again == first  # greedy, same model, same worker build
+        # the new llama-server may answer before `bitnet serve` has seen its /health: wait for the word
+        assert wait_said("serving again", 30), "".join(said)[-3000:]
         assert serve.poll() is None
     finally:
         worker.stop()
         serve.send_signal(signal.SIGINT)
-        out, _ = serve.communicate(timeout=30)
-    assert "serving again" in out and worker.endpoint in out, out[-3000:]
+        serve.wait(timeout=30)
+        reader.join(timeout=10)
+    assert worker.endpoint in "".join(said)
 
 
 def test_split_follows_worker_memory_or_tensor_split(models, tmp_path):
