@@ -17,10 +17,10 @@
 #if defined(GGML_BITNET_Q6_K_GEMM)
 #include <immintrin.h>
 
+static_assert(sizeof(block_q6_K) == 210 && sizeof(block_q8_K) == 292, "the Q6_K and Q8_K blocks this kernel reads");
+
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define BITNET_Q6_K_C 8  // columns per pass: a float sum each, next to 8 decoded vectors and the constants
-
-static_assert(sizeof(block_q6_K) == 210 && sizeof(block_q8_K) == 292, "the Q6_K and Q8_K blocks this kernel reads");
 
 // The 256 6-bit codes of a block (0..63) in element order, 64 per vector: in each half of 128,
 // ql byte l holds elements l (low nibble) and l + 64 (high nibble), ql byte l + 32 elements
@@ -90,8 +90,6 @@ BITNET_INLINE void bitnet_q6_k_row(int nb, float * GGML_RESTRICT s, size_t bs, c
 
 #else
 #define BITNET_Q6_K_C 4  // columns per pass: a float sum each, next to 8 decoded vectors
-
-static_assert(sizeof(block_q6_K) == 210 && sizeof(block_q8_K) == 292, "the Q6_K and Q8_K blocks this kernel reads");
 
 // The 256 codes of a block in element order, 32 per vector, read as in the AVX-512 kernel: in
 // each half of 128, vectors 0..3 take ql's low nibbles of bytes 0..31 and 32..63, then their high
