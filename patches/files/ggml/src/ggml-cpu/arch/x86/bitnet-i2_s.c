@@ -437,7 +437,7 @@ BITNET_INLINE void bitnet_tile256(int ng, float * GGML_RESTRICT s, size_t bs, co
     }
     const uint8_t * next = (const uint8_t *) x + R*bx;  // the next R rows, fetched as in bitnet_tile512
     for (int g = 0; g < ng; ++g) {
-        if (g % 2 == 0) {
+        if (R == 2 || g % 2 == 0) {  // R*32 bytes per group: a line per group for 2 rows, every other for 1
             _mm_prefetch((const char *) next + g*R*32, _MM_HINT_T0);
         }
         __m256i w[2][4];
