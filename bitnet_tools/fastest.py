@@ -7,7 +7,9 @@ reads fewest bytes per useful MAC wins where bandwidth binds and the cheapest ke
 does not -- which one that is depends on the CPU and the widths, hence a measurement, not a
 rule. One layer's random codes are packed once per type and repeated, so writing the probes
 takes about a second; llama-bench (from our build) then times token generation with every
-candidate in turn, twice, keeping each type's best run. The choice is cached per CPU model,
+candidate in turn, twice, keeping each type's best run. Where the engine holds TL2 weights as
+I2_S (no AVX-512 VBMI), TL2 is not a candidate: it would run I2_S's kernels, after a conversion
+at every load, so a measurement could only pick it by noise. The choice is cached per CPU model,
 engine build key, widths and thread count in build/fastest-type.json (`bitnet doctor` shows it).
 """
 from __future__ import annotations
@@ -44,8 +46,11 @@ class Choice:
     def summary(self) -> str:
         figures = ", ".join(f"{t} {v:.1f}" for t, v in sorted(self.tokens_per_s.items(), key=lambda kv: -kv[1]))
         how = "cached measurement" if self.cached else "measured"
+        unmeasured = ("; tl2 not measured: this CPU runs it as i2_s, converted at every load"
+                      if "tl2" not in self.tokens_per_s and "tl2" in quants.OURS else "")
         return (f"fastest type here: {self.type} ({how}: generation t/s on a {self.probe_layers}-layer probe with "
-                f"the model's widths, {self.threads} thread{'s' if self.threads > 1 else ''}: {figures}; -q overrides)")
+                f"the model's widths, {self.threads} thread{'s' if self.threads > 1 else ''}: {figures}{unmeasured}; "
+                f"-q overrides)")
 
 
 def cache_key(shape: Shape, threads: int) -> str:
@@ -113,24 +118,27 @@ def measure(shape: Shape, threads: int, candidates: list[str], tools: Path, prog
     return best
 
 
-def candidates(features: dict[str, bool]) -> list[str]:
+def candidates(features: dict[str, bool], tl2_as_i2_s: bool) -> list[str]:
     """Our types with a SIMD kernel for the build's widest instruction set (`features` as
     doctor.cpu_features reports them): the others run the scalar reference, orders of magnitude
-    slower (TL2 on ARM) and not worth minutes of measuring."""
+    slower (TL2 on ARM) and not worth minutes of measuring. Without TL2 where the engine holds it
+    as I2_S (`tl2_as_i2_s`): the same kernels as I2_S, plus a conversion at every load."""
     isa = next((k.lower() for k in ("AVX512", "AVX2", "NEON") if features.get(k)), None)
-    return [name for name, t in quants.OURS.items() if isa in t.kernels] or list(quants.OURS)
+    names = [name for name, t in quants.OURS.items() if isa in t.kernels] or list(quants.OURS)
+    return [name for name in names if not (tl2_as_i2_s and name == "tl2")]
 
 
 def choose(shape: Shape, tools: Path, threads: int | None = None, progress=None, refresh: bool = False) -> Choice:
     """The fastest of our types for `shape` on this CPU (cached unless `refresh`)."""
+    from .doctor import cpu_features
     threads = threads or physical_cores()
     key = cache_key(shape, threads)
+    names = candidates(cpu_features(), engine.tl2_held_as_i2_s(tools))
     entry = cached().get(key)
-    if entry is not None and not refresh:
+    if entry is not None and entry["type"] in names and not refresh:  # a choice made before TL2 left the candidates: measured again
         return Choice(**entry, cached=True)
     probe = replace(shape, n_layer=probe_layers(shape), n_vocab=PROBE_VOCAB)
-    from .doctor import cpu_features
-    tps = measure(probe, threads, candidates(cpu_features()), tools, progress)
+    tps = measure(probe, threads, names, tools, progress)
     choice = Choice(type=max(tps, key=tps.get), tokens_per_s=tps, threads=threads, probe_layers=probe.n_layer,
                     key=key)
     _store(choice)

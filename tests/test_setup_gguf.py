@@ -136,10 +136,38 @@ def test_bad_gguf_folders_are_one_line_errors(gguf_repo, tmp_path, damage, messa
 # ---------------------------------------------------------------- the fastest type, measured
 
 def test_only_types_with_a_simd_kernel_for_the_build_are_candidates():
-    assert fastest.candidates({"AVX2": True, "AVX512": True}) == ["i2_s", "tl1", "tl2"]
-    assert fastest.candidates({"AVX2": True}) == ["i2_s", "tl1", "tl2"]
-    assert fastest.candidates({"NEON": True}) == ["i2_s", "tl1"]   # TL2 has no NEON kernel
-    assert fastest.candidates({}) == ["i2_s", "tl1", "tl2"]        # no SIMD: measure them all
+    assert fastest.candidates({"AVX2": True, "AVX512": True}, False) == ["i2_s", "tl1", "tl2"]
+    assert fastest.candidates({"AVX2": True}, False) == ["i2_s", "tl1", "tl2"]
+    assert fastest.candidates({"NEON": True}, False) == ["i2_s", "tl1"]   # TL2 has no NEON kernel
+    assert fastest.candidates({}, False) == ["i2_s", "tl1", "tl2"]        # no SIMD: measure them all
+    # TL2 held as I2_S: I2_S's kernels after a conversion at every load, never faster
+    assert fastest.candidates({"AVX2": True}, True) == ["i2_s", "tl1"]
+
+
+def test_tl2_held_as_i2_s_is_not_measured_and_a_cached_tl2_choice_is_measured_again(monkeypatch, tmp_path):
+    monkeypatch.setattr(fastest, "CACHE", tmp_path / "fastest-type.json")
+    measured = []
+
+    def fake_measure(shape, threads, candidates, tools, progress=None):
+        measured.append(list(candidates))
+        return {"i2_s": 50.0, "tl1": 40.0, "tl2": 60.0}
+
+    def fake_measure_without_tl2(shape, threads, candidates, tools, progress=None):
+        measured.append(list(candidates))
+        return {name: {"i2_s": 50.0, "tl1": 40.0}[name] for name in candidates}
+
+    from bitnet_tools import doctor, engine
+    monkeypatch.setattr(doctor, "cpu_features", lambda: {"AVX2": True})
+    monkeypatch.setattr(fastest, "measure", fake_measure)
+    monkeypatch.setattr(engine, "tl2_held_as_i2_s", lambda libdir: False)
+    shape = dummy.SHAPES["2b4t"]
+    assert fastest.choose(shape, tmp_path, threads=2).type == "tl2"   # TL2's own kernel here
+    monkeypatch.setattr(fastest, "measure", fake_measure_without_tl2)
+    monkeypatch.setattr(engine, "tl2_held_as_i2_s", lambda libdir: True)
+    c = fastest.choose(shape, tmp_path, threads=2)  # the cached tl2 is no candidate now
+    assert c.type == "i2_s" and not c.cached and measured == [["i2_s", "tl1", "tl2"], ["i2_s", "tl1"]]
+    assert "tl2 not measured: this CPU runs it as i2_s" in c.summary()
+    assert fastest.choose(shape, tmp_path, threads=2).cached and len(measured) == 2
 
 
 def test_choose_is_the_best_measured_type_and_is_cached(monkeypatch, tmp_path):
@@ -174,8 +202,10 @@ def test_setup_without_a_type_measures_and_uses_the_fastest(gguf_repo, monkeypat
     assert r.exit_code == 0, r.output
     (entry,) = json.loads(fastest.CACHE.read_text()).values()
     figures = entry["tokens_per_s"]
+    from bitnet_tools import engine
     from bitnet_tools.doctor import cpu_features
-    assert set(figures) == set(fastest.candidates(cpu_features())) and all(v > 0 for v in figures.values())
+    held = engine.tl2_held_as_i2_s(engine.tools_dir(engine.installed_build()[0]))
+    assert set(figures) == set(fastest.candidates(cpu_features(), held)) and all(v > 0 for v in figures.values())
     assert entry["type"] == max(figures, key=figures.get)
     assert f"fastest type here: {entry['type']} (measured" in " ".join(r.output.split())
     model = folder / "ggml-model-i2_s.gguf" if entry["type"] == "i2_s" else tmp_path / "m" / "dl" / f"ggml-model-{entry['type']}.gguf"
