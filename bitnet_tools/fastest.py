@@ -46,8 +46,7 @@ class Choice:
     def summary(self) -> str:
         figures = ", ".join(f"{t} {v:.1f}" for t, v in sorted(self.tokens_per_s.items(), key=lambda kv: -kv[1]))
         how = "cached measurement" if self.cached else "measured"
-        unmeasured = ("; tl2 not measured: this CPU runs it as i2_s, converted at every load"
-                      if "tl2" not in self.tokens_per_s and "tl2" in quants.OURS else "")
+        unmeasured = "; tl2 not measured: this CPU runs it as i2_s, converted at every load" if "tl2" not in self.tokens_per_s else ""
         return (f"fastest type here: {self.type} ({how}: generation t/s on a {self.probe_layers}-layer probe with "
                 f"the model's widths, {self.threads} thread{'s' if self.threads > 1 else ''}: {figures}{unmeasured}; "
                 f"-q overrides)")
@@ -135,7 +134,8 @@ def choose(shape: Shape, tools: Path, threads: int | None = None, progress=None,
     key = cache_key(shape, threads)
     names = candidates(cpu_features(), engine.tl2_held_as_i2_s(tools))
     entry = cached().get(key)
-    if entry is not None and entry["type"] in names and not refresh:  # a choice made before TL2 left the candidates: measured again
+    # a cached choice that is no candidate now (TL2, measured before it left them) is measured again
+    if entry is not None and entry["type"] in names and not refresh:
         return Choice(**entry, cached=True)
     probe = replace(shape, n_layer=probe_layers(shape), n_vocab=PROBE_VOCAB)
     tps = measure(probe, threads, names, tools, progress)

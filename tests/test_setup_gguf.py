@@ -150,11 +150,7 @@ def test_tl2_held_as_i2_s_is_not_measured_and_a_cached_tl2_choice_is_measured_ag
 
     def fake_measure(shape, threads, candidates, tools, progress=None):
         measured.append(list(candidates))
-        return {"i2_s": 50.0, "tl1": 40.0, "tl2": 60.0}
-
-    def fake_measure_without_tl2(shape, threads, candidates, tools, progress=None):
-        measured.append(list(candidates))
-        return {name: {"i2_s": 50.0, "tl1": 40.0}[name] for name in candidates}
+        return {name: {"i2_s": 50.0, "tl1": 40.0, "tl2": 60.0}[name] for name in candidates}
 
     from bitnet_tools import doctor, engine
     monkeypatch.setattr(doctor, "cpu_features", lambda: {"AVX2": True})
@@ -162,7 +158,6 @@ def test_tl2_held_as_i2_s_is_not_measured_and_a_cached_tl2_choice_is_measured_ag
     monkeypatch.setattr(engine, "tl2_held_as_i2_s", lambda libdir: False)
     shape = dummy.SHAPES["2b4t"]
     assert fastest.choose(shape, tmp_path, threads=2).type == "tl2"   # TL2's own kernel here
-    monkeypatch.setattr(fastest, "measure", fake_measure_without_tl2)
     monkeypatch.setattr(engine, "tl2_held_as_i2_s", lambda libdir: True)
     c = fastest.choose(shape, tmp_path, threads=2)  # the cached tl2 is no candidate now
     assert c.type == "i2_s" and not c.cached and measured == [["i2_s", "tl1", "tl2"], ["i2_s", "tl1"]]
